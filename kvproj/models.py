@@ -232,7 +232,7 @@ def _from_pretrained(spec: ModelSpec, path: str, gguf_file: str | None, dtype, d
 def _freeze(loaded: LoadedModel) -> LoadedModel:
     loaded.model.eval()
     loaded.model.requires_grad_(False)
-    log.info("loaded %s (%s): %s", loaded.spec.name, loaded.source_kind, loaded.geometry.summary())
+    log.debug("loaded %s (%s): %s", loaded.spec.name, loaded.source_kind, loaded.geometry.summary())
     return loaded
 
 

@@ -1,0 +1,3 @@
+from kvproj.cli import main
+
+raise SystemExit(main())

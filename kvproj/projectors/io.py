@@ -1,0 +1,107 @@
+"""Export a trained projector as a self-describing folder and rebuild it from that folder alone.
+
+`projector.safetensors` (weights) + `projector_config.json` (architecture, init args, source/target model specs
+and cache geometries, layer map, kvproj version; sorted keys). Writes go to a temp folder renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+import kvproj
+from kvproj.cache import CacheGeometry
+from kvproj.projectors.base import Projector, build_projector
+
+WEIGHTS = "projector.safetensors"
+CONFIG = "projector_config.json"
+
+
+class ProjectorMismatchError(ValueError):
+    """An exported projector used with models whose cache geometry differs from the ones it was trained on."""
+
+
+def projector_config(
+    projector: Projector, source_spec: dict, target_spec: dict, extra: dict | None = None
+) -> dict:
+    return {
+        "architecture": projector.architecture,
+        "init_args": projector.init_args,
+        "layer_map": projector.layer_map,
+        "source": {"spec": source_spec, "geometry": projector.source_geometry.to_dict()},
+        "target": {"spec": target_spec, "geometry": projector.target_geometry.to_dict()},
+        "parameters": projector.parameter_report(),
+        "kvproj_version": kvproj.__version__,
+        **(extra or {}),
+    }
+
+
+def save_projector(
+    directory: str | Path, projector: Projector, source_spec: dict, target_spec: dict, extra: dict | None = None
+) -> Path:
+    """Write the folder atomically: a crash mid-write leaves the previous export (or nothing), never half."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        state = {k: v.detach().cpu().contiguous() for k, v in projector.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS))
+        config = projector_config(projector, source_spec, target_spec, extra)
+        (tmp / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        if directory.exists():
+            old = directory.with_name(f".{directory.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(directory, old)
+            os.replace(tmp, directory)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def read_config(directory: str | Path) -> dict[str, Any]:
+    directory = Path(directory)
+    path = directory / CONFIG
+    if not path.is_file() or not (directory / WEIGHTS).is_file():
+        raise FileNotFoundError(
+            f"--projector {directory}: not an exported projector folder (needs {CONFIG} and {WEIGHTS}); "
+            f"training writes one to checkpoints/<run>/projector/"
+        )
+    return json.loads(path.read_text())
+
+
+def load_projector(
+    directory: str | Path,
+    source_geometry: CacheGeometry | None = None,
+    target_geometry: CacheGeometry | None = None,
+) -> tuple[Projector, dict[str, Any]]:
+    """Rebuild the projector from the folder alone; if geometries are given, refuse ones that don't match."""
+    config = read_config(directory)
+    source = CacheGeometry.from_dict(config["source"]["geometry"])
+    target = CacheGeometry.from_dict(config["target"]["geometry"])
+    for side, expected, given in (("source", source, source_geometry), ("target", target, target_geometry)):
+        if given is not None and (problems := expected.mismatches(given)):
+            raise ProjectorMismatchError(
+                f"projector {directory} was trained for a {side} cache of {expected.summary()}, but the {side} model "
+                f"given has {given.summary()} ({'; '.join(problems)})"
+            )
+    projector = build_projector(config["architecture"], source, target, **config["init_args"])
+    state = load_file(str(Path(directory) / WEIGHTS))
+    projector.load_state_dict(state)
+    projector.eval()
+    return projector, config
+
+
+def projector_state_equal(a: Projector, b: Projector) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
