@@ -6,15 +6,23 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 
 EXTRA_COMMANDS = ("zoo", "doctor")
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 
 
 def _setup_logging() -> None:
     from rich.logging import RichHandler
 
     level = os.environ.get("KVPROJ_LOG", "INFO").upper()
-    logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(show_path=False)])
+    # only kvproj's own logger: Lightning and transformers keep their own handlers (no doubled lines)
+    logger = logging.getLogger("kvproj")
+    if not logger.handlers:
+        logger.addHandler(RichHandler(show_path=False))
+    logger.setLevel(level)
+    logger.propagate = False
 
 
 def zoo_main(argv: list[str]) -> int:
@@ -44,6 +52,20 @@ def zoo_main(argv: list[str]) -> int:
     return 0
 
 
+def lightning_main(argv: list[str]) -> int:
+    from kvproj.training import KVProjCLI
+
+    if not any(a in ("--config", "-c") or a.startswith("--config=") for a in argv) and not any(
+        a in ("-h", "--help") for a in argv
+    ):
+        # no config given: the offline default run (SmolLM2-135M -> Gemma-3-270m from the zoo)
+        if DEFAULT_CONFIG.is_file():
+            argv = [argv[0], "--config", str(DEFAULT_CONFIG), *argv[1:]]
+    sys.argv = [sys.argv[0], *argv]  # LightningCLI parses sys.argv (passing args= as well makes it warn)
+    KVProjCLI()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     _setup_logging()
@@ -53,9 +75,14 @@ def main(argv: list[str] | None = None) -> int:
         from kvproj import doctor
 
         return doctor.main(argv[1:])
+    if argv and argv[0] in LIGHTNING_COMMANDS:
+        return lightning_main(argv)
     sys.stderr.write(
-        "usage: python -m kvproj {zoo,doctor} ...\n"
-        "  zoo list | zoo install NAME | zoo path NAME   offline model zoo\n"
-        "  doctor [--json]                              versions, devices, exactness checks\n"
+        "usage: python -m kvproj {fit,validate,test,predict,zoo,doctor} ...\n"
+        "  fit [--config configs/RUN.yaml] [--ckpt_path last]   train a projector (default: the offline default run)\n"
+        "  validate | test | predict --config ... --ckpt_path last\n"
+        "  zoo list | zoo install NAME | zoo path NAME          offline model zoo\n"
+        "  doctor [--json]                                     versions, devices, exactness checks\n"
+        "  (each command takes --help)\n"
     )
     return 2

@@ -13,7 +13,7 @@ import torch
 
 from kvproj.cache import KVCache, forward_with_cache
 from kvproj.data.datamodule import FrozenPair
-from kvproj.losses import answer_cross_entropy, kl_to_oracle, logits_from_hidden, reconstruction, scored_positions
+from kvproj.losses import answer_cross_entropy, kl_to_oracle, logits_from_hidden, reconstruction
 from kvproj.projectors import build_projector
 from kvproj.transfer import CacheTransfer, target_key_norms
 
@@ -176,36 +176,60 @@ class KVProjectorModule(L.LightningModule):
         self.log("train/step_seconds", seconds, batch_size=1)
 
     @torch.no_grad()
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+    def _eval_step(self, batch: dict[str, Any], stage: str) -> None:
+        """Loss with the projected cache against the floor (no context) and the oracle (context as text)."""
         target = self.pair.target.model
         out, projected, _ = self.losses(batch)
         bs = batch["continuation_ids"].shape[0]
         labels = batch["labels"]
-        self.log("val/loss", out["answer_ce"] if "answer_ce" in out else out["loss"], prog_bar=True, batch_size=bs)
+        self.log(f"{stage}/loss", out.get("answer_ce", out["loss"]), prog_bar=True, batch_size=bs)
         text_hidden = self.continuation_hidden(batch["target_cache"], batch)
-        self.log("val/loss_text", answer_cross_entropy(target, text_hidden, labels), batch_size=bs)
+        self.log(f"{stage}/loss_text", answer_cross_entropy(target, text_hidden, labels), batch_size=bs)
         head = self.head_only(batch)
         if head is not None:
             alone = self.continuation_hidden(head, batch)
-            self.log("val/loss_no_context", answer_cross_entropy(target, alone, labels), batch_size=bs)
+            self.log(f"{stage}/loss_no_context", answer_cross_entropy(target, alone, labels), batch_size=bs)
         valid = batch["target_prefix_mask"].bool() & (batch["align_index"] >= 0)
         _, cos_k, cos_v = reconstruction(projected, batch["target_cache"], valid)
-        self.log("val/cos_keys_mean", sum(cos_k) / len(cos_k), batch_size=bs)
-        self.log("val/cos_values_mean", sum(cos_v) / len(cos_v), batch_size=bs)
+        self.log(f"{stage}/cos_keys_mean", sum(cos_k) / len(cos_k), batch_size=bs)
+        self.log(f"{stage}/cos_values_mean", sum(cos_v) / len(cos_v), batch_size=bs)
         for t, (ck, cv) in enumerate(zip(cos_k, cos_v)):
-            self.log(f"layers/cos_keys/{t:02d}", ck, batch_size=bs)
-            self.log(f"layers/cos_values/{t:02d}", cv, batch_size=bs)
-        mask, _ = scored_positions(labels)
-        self.log("val/answer_tokens", float(mask.sum()), reduce_fx="sum", batch_size=1)
+            self.log(f"layers/{stage}_cos_keys/{t:02d}", ck, batch_size=bs)
+            self.log(f"layers/{stage}_cos_values/{t:02d}", cv, batch_size=bs)
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    @torch.no_grad()
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, str]]:
+        """Greedy answers of the target with the projected cache (what `kvproj predict` writes)."""
+        from kvproj.cache import generate_with_cache
+
+        projected = self.project(batch)
+        new = generate_with_cache(
+            self.pair.target.model, projected, batch["question_ids"], batch["question_mask"], max_new_tokens=16
+        )
+        texts = self.pair.target.tokenizer.batch_decode(new, skip_special_tokens=True)
+        return [{"id": i, "answer": a, "generated": t} for i, a, t in zip(batch["ids"], batch["answers"], texts)]
+
+    def _gap_closed(self, stage: str) -> None:
+        metrics = self.trainer.callback_metrics
+        keys = (f"{stage}/loss_no_context", f"{stage}/loss_text", f"{stage}/loss")
+        if set(keys) <= metrics.keys():
+            floor, oracle, got = (metrics[k].item() for k in keys)
+            if abs(floor - oracle) > 1e-6:
+                self.log(f"{stage}/gap_closed_nll", (floor - got) / (floor - oracle))
 
     def on_validation_epoch_end(self) -> None:
-        metrics = self.trainer.callback_metrics
-        if {"val/loss", "val/loss_text", "val/loss_no_context"} <= metrics.keys():
-            floor, oracle, got = (metrics[k].item() for k in ("val/loss_no_context", "val/loss_text", "val/loss"))
-            if abs(floor - oracle) > 1e-6:
-                self.log("val/gap_closed_nll", (floor - got) / (floor - oracle))
+        self._gap_closed("val")
         for name, value in self.projector.layer_diagnostics().items():
             self.log(f"layers/{name}", value)
+
+    def on_test_epoch_end(self) -> None:
+        self._gap_closed("test")
 
     def configure_optimizers(self):
         hp = self.hparams

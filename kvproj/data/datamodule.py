@@ -290,6 +290,19 @@ class KVPairDataModule(L.LightningDataModule):
             raise ValueError("data.val_examples: the validation set is empty; set data.val_examples >= 1")
         return DataLoader(encoded, batch_size=self.val_batch_size, collate_fn=self.collate, shuffle=False)
 
+    def test_dataloader(self) -> DataLoader:
+        """Held-out facts (entities and values never seen in training); text: a later slice of the texts."""
+        raw = (
+            [self.text_example(20_000_000 + i) for i in range(self.val_examples)]
+            if self.dataset == "text"
+            else self.splits["test"]
+        )
+        encoded = [self.encode(e, stream_index=i) for i, e in enumerate(raw)]
+        return DataLoader(encoded, batch_size=self.val_batch_size, collate_fn=self.collate, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
     # ------------------------------------------------------------------ caches, on the device
     def transfer_batch_to_device(self, batch: dict[str, Any], device: torch.device, dataloader_idx: int):
         return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
@@ -314,7 +327,7 @@ class KVPairDataModule(L.LightningDataModule):
         return batch
 
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
-        trainer = self._trainer
+        trainer = self.trainer
         if trainer is not None and trainer.training:
             # this batch is the one the model consumes next (prefetching happens before transfer)
             self.consumed = int(batch["stream_index"].max().item()) + 1

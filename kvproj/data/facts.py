@@ -92,7 +92,13 @@ class FactsConfig:
                 raise ValueError(f"facts.{name} must be a number in [0, 1], got {value!r}")
 
     def _world_key(self) -> tuple:
-        return (self.seed, self.n_train_entities, self.n_val_entities, self.n_test_entities, self.random_value_share)
+        return (
+            self.seed,
+            self.n_train_entities,
+            self.n_val_entities,
+            self.n_test_entities,
+            self.random_value_share,
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -153,7 +159,23 @@ _SURNAME_FIRST = {
 _SURNAME_ONSETS = ["b", "d", "g", "k", "l", "m", "n", "r", "s", "t", "v", "z", "th", "br", "dr", "gr", "st", "tr"]
 _SURNAME_VOWELS = ["a", "e", "i", "o", "u", "ai", "ei", "ou"]
 _SURNAME_CODAS = ["", "", "", "n", "r", "l", "s", "m", "k", "rn", "ld", "nd"]
-_SURNAME_ENDINGS = ["", "", "", "son", "berg", "ov", "ski", "ell", "ard", "mont", "ley", "wick", "er", "ani", "ton"]
+_SURNAME_ENDINGS = [
+    "",
+    "",
+    "",
+    "son",
+    "berg",
+    "ov",
+    "ski",
+    "ell",
+    "ard",
+    "mont",
+    "ley",
+    "wick",
+    "er",
+    "ani",
+    "ton",
+]
 
 _INVENTED_FIRST = {
     "train": ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t"],
@@ -560,7 +582,9 @@ def _build_world(key: tuple) -> _World:
         for surname in surnames[s]:
             name = f"{rng.choice(first_names[s])} {surname}"
             values = tuple(
-                _random_value(rel, rng, pools[s], years[s]) if rng.random() < random_share else rng.choice(rel.closed)
+                _random_value(rel, rng, pools[s], years[s])
+                if rng.random() < random_share
+                else rng.choice(rel.closed)
                 for rel in RELATIONS
             )
             people.append(_Entity(name, values))
@@ -705,7 +729,11 @@ def _eval_split(cfg: FactsConfig, split: str) -> list[FactExample]:
     if split == "test_in_distribution":
         rng = random.Random(f"facts/{cfg.seed}/pick/{split}")
         n = cfg.n_test_entities
-        subjects = rng.sample(range(len(people)), n) if n <= len(people) else [rng.randrange(len(people)) for _ in range(n)]
+        subjects = (
+            rng.sample(range(len(people)), n)
+            if n <= len(people)
+            else [rng.randrange(len(people)) for _ in range(n)]
+        )
     else:
         subjects = list(range(len(people)))  # every held-out person once
     out = []

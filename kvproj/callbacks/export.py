@@ -1,0 +1,43 @@
+"""Write the self-describing projector folder (checkpoints/<run>/projector/) during and after training."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning as L
+
+from kvproj.projectors.io import save_projector
+
+log = logging.getLogger(__name__)
+
+
+class ProjectorExport(L.Callback):
+    """Export after every validation during fit (a preempted run keeps a recent export) and at the end.
+
+    Args:
+        dirpath: Folder to write (replaced atomically).
+    """
+
+    def __init__(self, dirpath: str | Path) -> None:
+        self.dirpath = Path(dirpath)
+
+    def export(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        extra = {"global_step": trainer.global_step, "hparams": dict(module.hparams)}
+        save_projector(
+            self.dirpath,
+            module.projector,
+            module.pair.source.spec.to_dict(),
+            module.pair.target.spec.to_dict(),
+            extra,
+        )
+
+    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self.export(trainer, module)
+
+    def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.export(trainer, module)
+        log.info("projector exported to %s", self.dirpath)
