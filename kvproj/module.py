@@ -84,8 +84,8 @@ class KVProjectorModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None)
         if dm is not None:
-            # validation always scores the oracle, so the target's own prefix cache is always made there
-            dm.with_target_cache = True
+            # in training only when a loss needs it; evaluation always makes it (it scores the oracle)
+            dm.with_target_cache = self.needs_target_cache
             if self.hparams.mode == "fuse" and dm.protocol != "shared":
                 raise ValueError(
                     "model.mode 'fuse' needs data.protocol 'shared' (the target must read the context)"

@@ -317,7 +317,8 @@ class KVPairDataModule(L.LightningDataModule):
         )
         head = pair.target_head()
         batch["target_head"] = head_fallback(head, batch["target_prefix_mask"]) if head is not None else None
-        if self.with_target_cache:
+        training = self.trainer is not None and self.trainer.training
+        if self.with_target_cache or not training:
             batch["target_cache"] = read_cache(
                 pair.target.model,
                 batch["target_prefix_ids"],

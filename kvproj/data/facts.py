@@ -1,9 +1,5 @@
-"""The synthetic facts corpus: short contexts of facts about invented people, one question, a short answer.
-
-Deterministic by seed. Splits: "train" (and the endless `iter_train` stream) from training people with training
-phrasings; "val" and "test" from people whose names AND random attribute values never occur in training;
-"test_in_distribution" from training people with phrasings held out of training. Also the eval-file format
-(`read_jsonl` / `write_jsonl`) and the packaged hand-written narrative eval file (`narrative_eval_path`).
+"""The synthetic facts corpus (contexts of facts about invented people, a question, a short answer), its splits
+with held-out people and values, the endless resumable training stream, and the eval-file format (JSONL).
 """
 
 from __future__ import annotations
@@ -609,16 +605,13 @@ def _random_value(rel: Relation, rng: random.Random, pool: list[str], years: lis
     raise AssertionError(rel.random_kind)
 
 
-def entity_names(cfg: FactsConfig, split: str) -> list[str]:
-    """Names of the people of a split ("train", "val" or "test"; "test_in_distribution" uses "train" people)."""
-    world = _build_world(cfg._world_key())
-    return [e.name for e in world.entities[_entity_split(split)]]
+def people(cfg: FactsConfig, split: str) -> dict[str, dict[str, str]]:
+    """The people of a split and their attributes: {name: {relation: value}} in generation order.
 
-
-def entity_values(cfg: FactsConfig, split: str) -> set[str]:
-    """Every attribute value held by the people of a split."""
+    "test_in_distribution" asks about "train" people.
+    """
     world = _build_world(cfg._world_key())
-    return {v for e in world.entities[_entity_split(split)] for v in e.values}
+    return {e.name: dict(zip(RELATION_NAMES, e.values)) for e in world.entities[_entity_split(split)]}
 
 
 def _entity_split(split: str) -> str:
@@ -843,12 +836,11 @@ __all__: list[str] = [
     "FactExample",
     "FactsConfig",
     "Relation",
-    "entity_names",
-    "entity_values",
     "generate_splits",
     "is_closed_value",
     "iter_train",
     "narrative_eval_path",
+    "people",
     "read_jsonl",
     "train_example",
     "write_jsonl",

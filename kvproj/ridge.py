@@ -1,0 +1,112 @@
+"""Closed-form start for the linear projector: per-layer ridge regression from aligned (source, target) cache
+pairs of the same text, fitted on a part of the data stream that training never reaches, then fine-tuned.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from kvproj.cache import read_cache
+from kvproj.rope import undo_rope
+from kvproj.transfer import gather_positions, target_key_norms
+
+log = logging.getLogger(__name__)
+RIDGE_STREAM_OFFSET = 1_000_000_000  # examples used for the fit come from far past any training position
+
+
+def _tokens(x: torch.Tensor) -> torch.Tensor:
+    b, h, t, d = x.shape
+    return x.transpose(1, 2).reshape(b, t, h * d)  # [B, H, T, D] -> [B, T, H*D]
+
+
+@torch.no_grad()
+def ridge_init(module: Any, datamodule: Any, batches: int | None = None, lam: float | None = None) -> dict:
+    """Fit every target layer's key and value map by ridge regression (with bias); returns fit statistics.
+
+    Keys: source keys with RoPE undone -> the target's pre-RoPE keys (before its key norm when the projector
+    passes outputs through it: captured from k_proj). Values -> values. Positions: target prefix positions
+    with an aligned source position.
+    """
+    proj = module.projector
+    if proj.architecture != "linear":
+        raise ValueError(
+            f"model.ridge_init: only the 'linear' projector has a closed form, got {proj.architecture!r}"
+        )
+    hp = module.hparams
+    batches = batches or hp.ridge_batches
+    lam = hp.ridge_lambda if lam is None else lam
+    pair = datamodule.pair
+    device = module.device
+    pair.to(device)
+    target = pair.target.model
+    norms = target_key_norms(target)
+    capture_pre_norm = proj.target_key_norm and any(n is not None for n in norms)
+    captured: dict[int, torch.Tensor] = {}
+    hooks = []
+    if capture_pre_norm:
+        for t, layer in enumerate(target.base_model.layers):
+            hooks.append(
+                layer.self_attn.k_proj.register_forward_hook(lambda _m, _i, out, t=t: captured.__setitem__(t, out))
+            )
+    n_layers = proj.target_geometry.num_layers
+    d_in, d_out = proj.source_geometry.width + 1, proj.target_geometry.width
+    xtx = {
+        kind: [torch.zeros(d_in, d_in, dtype=torch.float64, device=device) for _ in range(n_layers)]
+        for kind in "kv"
+    }
+    xty = {
+        kind: [torch.zeros(d_in, d_out, dtype=torch.float64, device=device) for _ in range(n_layers)]
+        for kind in "kv"
+    }
+    stream = datamodule.iter_examples(start=RIDGE_STREAM_OFFSET)
+    rows = 0
+    try:
+        for _ in range(batches):
+            encoded = [datamodule.encode(next(stream)) for _ in range(datamodule.batch_size)]
+            batch = datamodule.collate(encoded)
+            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            source = read_cache(
+                pair.source.model, batch["source_ids"], batch["source_mask"], geometry=pair.source.geometry
+            )
+            captured.clear()
+            own = read_cache(
+                target, batch["target_prefix_ids"], batch["target_prefix_mask"], geometry=pair.target.geometry
+            )
+            index = batch["align_index"]
+            valid = batch["target_prefix_mask"].bool() & (index >= 0)  # [B, Tt]
+            gather = index.clamp(min=0)
+            rows += int(valid.sum())
+            for t, s in enumerate(proj.layer_map):
+                src_k = undo_rope(source.keys[s], source.positions, proj.source_geometry.rope[s])
+                x_k = _tokens(gather_positions(src_k, gather))[valid].double()  # [N, Hs*Ds]
+                x_v = _tokens(gather_positions(source.values[s], gather))[valid].double()
+                if capture_pre_norm:
+                    y_k = captured[t][valid].double()  # k_proj output [B, T, Ht*Dt]
+                else:
+                    y_k = _tokens(undo_rope(own.keys[t], own.positions, proj.target_geometry.rope[t]))[
+                        valid
+                    ].double()
+                y_v = _tokens(own.values[t])[valid].double()
+                for kind, x, y in (("k", x_k, y_k), ("v", x_v, y_v)):
+                    x1 = torch.cat([x, torch.ones_like(x[:, :1])], dim=1)  # bias column
+                    xtx[kind][t] += x1.T @ x1
+                    xty[kind][t] += x1.T @ y
+    finally:
+        for h in hooks:
+            h.remove()
+    stats = {"rows": rows}
+    for kind, layers in (("k", proj.keys), ("v", proj.values)):
+        for t, linear in enumerate(layers):
+            a = xtx[kind][t]
+            scale = a.diagonal()[:-1].mean().clamp_min(1e-12)
+            reg = torch.eye(d_in, dtype=a.dtype, device=device) * lam * scale
+            reg[-1, -1] = 0  # the bias is not penalised
+            w = torch.linalg.solve(a + reg, xty[kind][t])  # [d_in, d_out]
+            linear.weight.copy_(w[:-1].T.to(linear.weight.dtype))
+            if linear.bias is not None:
+                linear.bias.copy_(w[-1].to(linear.bias.dtype))
+    log.info("ridge start: fitted %d target layers on %d aligned positions (lambda %.3g)", n_layers, rows, lam)
+    return stats
