@@ -12,6 +12,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from kvproj.callbacks.checkpointing import AtomicCheckpointIO, FinalCheckpoint
 from kvproj.callbacks.export import ProjectorExport
 from kvproj.data.datamodule import KVPairDataModule
 from kvproj.module import KVProjectorModule
@@ -50,7 +51,7 @@ class KVProjCLI(LightningCLI):
         )
 
     def add_arguments_to_parser(self, parser) -> None:
-        parser.add_dataclass_arguments(RunOptions, "run")
+        parser.add_class_arguments(RunOptions, "run")
         parser.link_arguments("data.pair", "model.pair", apply_on="instantiate")
 
     def instantiate_trainer(self, **kwargs):
@@ -81,8 +82,12 @@ class KVProjCLI(LightningCLI):
                 mode="max",
                 save_last=True,
             ),
+            FinalCheckpoint(ckpt_dir),
             ProjectorExport(ckpt_dir / "projector"),
             LearningRateMonitor(logging_interval="step"),
         ]
         kwargs["callbacks"] = callbacks
+        plugins = trainer_config.get("plugins") or []
+        plugins = plugins if isinstance(plugins, list) else [plugins]
+        kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
         return super().instantiate_trainer(**kwargs)

@@ -178,6 +178,8 @@ class KVPairDataModule(L.LightningDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__()
+        facts = FactsOptions(**facts) if isinstance(facts, dict) else facts
+        text = TextOptions(**text) if isinstance(text, dict) else text
         if dataset not in DATASETS:
             raise ValueError(f"data.dataset: got {dataset!r}; valid: {', '.join(DATASETS)}")
         if protocol not in PROTOCOLS:

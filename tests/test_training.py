@@ -1,0 +1,163 @@
+"""Training end to end on tiny models: the CLI as users run it, outputs, resume, configs, invariants."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny
+
+from kvproj.data.datamodule import FactsOptions, KVPairDataModule
+from kvproj.models import ModelSpec
+from kvproj.module import KVProjectorModule
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+
+
+def run_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "KVPROJ_LOG": "WARNING"}
+    return subprocess.run(
+        [sys.executable, "-m", "kvproj", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+def _ckpt(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def test_smoke_fit_writes_outputs_and_resumes(tmp_path):
+    common = ["--config", "configs/smoke.yaml", "--trainer.default_root_dir", str(tmp_path)]
+    first = run_cli("fit", *common, "--trainer.max_steps", "12", "--trainer.val_check_interval", "6")
+    assert first.returncode == 0, first.stderr[-3000:]
+    ckpt_dir, log_dir = tmp_path / "checkpoints" / "smoke", tmp_path / "lightning_logs" / "smoke"
+    assert (ckpt_dir / "last.ckpt").is_file()
+    assert (ckpt_dir / "projector" / "projector.safetensors").is_file()
+    assert (ckpt_dir / "projector" / "projector_config.json").is_file()
+    assert list(log_dir.glob("events.out.tfevents.*"))
+    state = _ckpt(ckpt_dir / "last.ckpt")
+    assert state["global_step"] == 12
+    assert state["KVPairDataModule"]["consumed"] == 12 * 8  # the stream position the model consumed
+    # only projector weights are checkpointed; the frozen models never enter a .ckpt
+    assert state["state_dict"] and all(k.startswith("transfer.projector.") for k in state["state_dict"])
+    assert state["kvproj"]["target"]["name"] == "tiny:gemma3_text"
+
+    second = run_cli("fit", *common, "--trainer.max_steps", "16", "--ckpt_path", "last")
+    assert second.returncode == 0, second.stderr[-3000:]
+    resumed = _ckpt(ckpt_dir / "last.ckpt")
+    assert resumed["global_step"] == 16
+    assert resumed["KVPairDataModule"]["consumed"] == 16 * 8
+    assert not list((tmp_path / "lightning_logs").glob("smoke*/version_*"))  # same run folder, no version_N
+    assert any(not torch.equal(state["state_dict"][k], resumed["state_dict"][k]) for k in state["state_dict"])
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
+def test_every_config_parses(config):
+    from kvproj.cli import main
+
+    out = io.StringIO()
+    with redirect_stdout(out), pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    text = out.getvalue()
+    assert f"name: {config.stem}" in text  # run name = file name
+    header = config.read_text().splitlines()[0]
+    assert header.startswith("# ")  # every config says what it is ...
+    assert "python -m kvproj" in config.read_text().split("\nrun:")[0]  # ... and how to run it
+
+
+def _dm(**kwargs) -> KVPairDataModule:
+    opts = dict(
+        source=ModelSpec("tiny:llama", seed=1),
+        target=ModelSpec("tiny:gemma3_text", seed=2),
+        facts=FactsOptions(n_train_entities=200, n_val_entities=40, n_test_entities=40),
+        batch_size=4,
+        val_batch_size=4,
+        val_examples=8,
+    )
+    opts.update(kwargs)
+    return KVPairDataModule(**opts)
+
+
+def _batch(dm: KVPairDataModule, start: int = 0) -> dict:
+    stream = dm.iter_examples(start)
+    return dm.add_caches(dm.collate([dm.encode(next(stream)) for _ in range(dm.batch_size)]))
+
+
+def test_same_model_identity_transfer_matches_reading_the_text():
+    dm = _dm(target=ModelSpec("tiny:llama", seed=1))
+    module = KVProjectorModule(pair=dm.pair, projector="identity")
+    batch = _batch(dm)
+    with torch.no_grad():
+        out, projected, hidden = module.losses(batch)
+        text = module.continuation_hidden(batch["target_cache"], batch)
+    real = batch["continuation_mask"].bool()
+    torch.testing.assert_close(hidden[real], text[real], atol=1e-5, rtol=0)
+    prefix = batch["target_prefix_mask"].bool()  # padding positions hold anything: they are masked
+    for a, b in zip(projected.keys + projected.values, batch["target_cache"].keys + batch["target_cache"].values):
+        torch.testing.assert_close(a.transpose(1, 2)[prefix], b.transpose(1, 2)[prefix], atol=1e-5, rtol=0)
+
+
+def test_data_stream_is_deterministic_and_resumable():
+    dm = _dm()
+    full = [e["id"] for e, _ in zip(dm.iter_examples(0), range(30))]
+    again = [e["id"] for e, _ in zip(dm.iter_examples(20), range(10))]
+    assert again == full[20:30]
+    assert len(set(full)) == 30
+
+
+def test_text_mix_and_lm_examples(tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(f"Document {i} talks about the river Ouse and {i * 7} boats." for i in range(50)))
+    dm = _dm(dataset="text", text={"files": [str(corpus)]})
+    ex = next(dm.iter_examples(0))
+    assert ex["question"] == "" and ex["context"] and ex["answer"]
+    batch = _batch(dm)
+    module = KVProjectorModule(pair=dm.pair, answer_weight=1.0, kl_weight=0.5)
+    dm.with_target_cache = True
+    batch = _batch(dm)
+    out, _, _ = module.losses(batch)
+    assert torch.isfinite(out["loss"]) and out["kl"] >= 0
+
+
+def test_ridge_start_fits_the_target_cache_better_than_random():
+    from kvproj.losses import reconstruction
+    from kvproj.ridge import ridge_init
+
+    dm = _dm(target=ModelSpec("tiny:qwen2", seed=2))
+    module = KVProjectorModule(pair=dm.pair, projector="linear", ridge_batches=4)
+    batch = _batch(dm, start=500)
+    valid = batch["target_prefix_mask"].bool() & (batch["align_index"] >= 0)
+    with torch.no_grad():
+        before, _, _ = reconstruction(module.project(batch), batch["target_cache"], valid)
+        ridge_init(module, dm)
+        after, _, _ = reconstruction(module.project(batch), batch["target_cache"], valid)
+    assert after < 0.5 * before
+
+
+def test_bad_settings_name_the_setting():
+    with pytest.raises(ValueError, match="data.protocol: got 'both'; valid: masked, shared"):
+        _dm(protocol="both")
+    dm = _dm()
+    with pytest.raises(ValueError, match="model.mode: got 'merge'; valid: replace, fuse"):
+        KVProjectorModule(pair=dm.pair, mode="merge")
+    with pytest.raises(ValueError, match="model.layer_map: target layer 0 maps to source layer 9"):
+        KVProjectorModule(pair=dm.pair, layer_map=[9, 0, 0, 0])
+    with pytest.raises(ValueError, match="at least one of answer_weight"):
+        KVProjectorModule(pair=dm.pair, answer_weight=0.0)
+
+
+def test_unknown_model_name_says_how_to_get_it():
+    from kvproj.models import ModelNotFoundError, load_model
+
+    with pytest.raises(ModelNotFoundError, match="kvproj zoo install"):
+        load_model("no-such-org/no-such-model")
+    with pytest.raises(ModelNotFoundError, match="unknown tiny family; valid: tiny:llama, tiny:qwen2"):
+        load_model("tiny:bert")
+    assert tiny("llama").geometry.num_layers == 3
