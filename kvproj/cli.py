@@ -75,12 +75,17 @@ def main(argv: list[str] | None = None) -> int:
         from kvproj import doctor
 
         return doctor.main(argv[1:])
+    if argv and argv[0] == "evaluate":
+        from kvproj.eval.run import main as evaluate_main
+
+        return evaluate_main(argv[1:])
     if argv and argv[0] in LIGHTNING_COMMANDS:
         return lightning_main(argv)
     sys.stderr.write(
         "usage: python -m kvproj {fit,validate,test,predict,zoo,doctor} ...\n"
         "  fit [--config configs/RUN.yaml] [--ckpt_path last]   train a projector (default: the offline default run)\n"
         "  validate | test | predict --config ... --ckpt_path last\n"
+        "  evaluate --projector DIR [--task facts|lm] [--eval_file F] --output results.json\n"
         "  zoo list | zoo install NAME | zoo path NAME          offline model zoo\n"
         "  doctor [--json]                                     versions, devices, exactness checks\n"
         "  (each command takes --help)\n"

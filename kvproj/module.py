@@ -111,17 +111,7 @@ class KVProjectorModule(L.LightningModule):
 
     def head_only(self, batch: dict[str, Any]) -> KVCache | None:
         """The target's prefix with no context at all (only its own head): the floor."""
-        head = self.pair.target_head()
-        if head is None:
-            return None
-        b = batch["continuation_ids"].shape[0]
-        return KVCache(
-            [k.expand(b, -1, -1, -1) for k in head.keys],
-            [v.expand(b, -1, -1, -1) for v in head.values],
-            attention_mask=head.attention_mask.expand(b, -1),
-            positions=head.positions.expand(b, -1),
-            geometry=head.geometry,
-        )
+        return self.pair.head_only(batch["continuation_ids"].shape[0])
 
     def losses(self, batch: dict[str, Any]) -> tuple[dict[str, torch.Tensor], KVCache, torch.Tensor]:
         hp = self.hparams

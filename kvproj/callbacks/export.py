@@ -26,6 +26,23 @@ class ProjectorExport(L.Callback):
         if not trainer.is_global_zero:
             return
         extra = {"global_step": trainer.global_step, "hparams": dict(module.hparams)}
+        dm = getattr(trainer, "datamodule", None)
+        if dm is not None:
+            # what evaluation needs to read examples exactly as training did
+            extra["data"] = {
+                k: dm.hparams[k]
+                for k in (
+                    "chat_template",
+                    "question_template",
+                    "answer_template",
+                    "max_context_tokens",
+                    "protocol",
+                )
+                if k in dm.hparams
+            }
+            extra["data"]["facts"] = {
+                k: getattr(dm.facts_options, k) for k in dm.facts_options.__dataclass_fields__
+            }
         save_projector(
             self.dirpath,
             module.projector,

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from kvproj.cache import KVCache, read_cache
-from kvproj.data.pairs import EncodedExample, SideFormat, collate, encode_example
+from kvproj.data.pairs import EncodedExample, PairCodec, SideFormat
 from kvproj.models import LoadedModel, ModelSpec, load_model
 from kvproj.transfer import head_fallback
 
@@ -119,6 +119,38 @@ class FrozenPair:
             self._head = read_cache(self.target.model, ids, geometry=self.target.geometry)
         return self._head
 
+    def head_only(self, batch_size: int) -> KVCache | None:
+        """A prefix of the target's own head alone (no context): the floor. None if the target has no head."""
+        head = self.target_head()
+        if head is None:
+            return None
+        return KVCache(
+            [k.expand(batch_size, -1, -1, -1) for k in head.keys],
+            [v.expand(batch_size, -1, -1, -1) for v in head.values],
+            attention_mask=head.attention_mask.expand(batch_size, -1),
+            positions=head.positions.expand(batch_size, -1),
+            geometry=head.geometry,
+        )
+
+    @torch.no_grad()
+    def add_caches(self, batch: dict[str, Any], with_target_cache: bool = True) -> dict[str, Any]:
+        """Run the frozen models on a collated batch (on its device): the source cache of the context, the
+        target-native head as fallback, and the target's own cache of the prefix (the oracle) if asked."""
+        self.to(batch["source_ids"].device)
+        batch["source_cache"] = read_cache(
+            self.source.model, batch["source_ids"], batch["source_mask"], geometry=self.source.geometry
+        )
+        head = self.target_head()
+        batch["target_head"] = head_fallback(head, batch["target_prefix_mask"]) if head is not None else None
+        if with_target_cache:
+            batch["target_cache"] = read_cache(
+                self.target.model,
+                batch["target_prefix_ids"],
+                batch["target_prefix_mask"],
+                geometry=self.target.geometry,
+            )
+        return batch
+
 
 def _uniform(seed: int, index: int, salt: str) -> float:
     digest = hashlib.blake2b(f"{seed}:{salt}:{index}".encode(), digest_size=8).digest()
@@ -206,6 +238,14 @@ class KVPairDataModule(L.LightningDataModule):
             chat_template,
             question_template,
         )
+        self.codec = PairCodec(
+            self.pair.source.tokenizer,
+            self.pair.target.tokenizer,
+            self.pair.source_format,
+            self.pair.target_format,
+            answer_template=answer_template,
+            max_context_tokens=max_context_tokens,
+        )
         self.with_target_cache = protocol == "shared"  # the module may also ask for it (reconstruction loss)
         self.consumed = 0  # training examples the model has consumed (exact resume)
         self._splits: dict[str, list[dict]] | None = None
@@ -256,20 +296,10 @@ class KVPairDataModule(L.LightningDataModule):
             yield self.text_example(i) if self.is_text(i) else fact.to_dict()
 
     def encode(self, example: dict[str, Any], stream_index: int = -1) -> EncodedExample:
-        p = self.pair
-        return encode_example(
-            example,
-            p.source.tokenizer,
-            p.target.tokenizer,
-            p.source_format,
-            p.target_format,
-            answer_template=self.answer_template,
-            max_context_tokens=self.max_context_tokens,
-            stream_index=stream_index,
-        )
+        return self.codec.encode(example, stream_index=stream_index)
 
     def collate(self, examples: list[EncodedExample]) -> dict[str, Any]:
-        return collate(examples, self.pair.source.tokenizer.pad_token_id, self.pair.target.tokenizer.pad_token_id)
+        return self.codec.collate(examples)
 
     def val_raw(self) -> list[dict]:
         if self.dataset == "text":
@@ -309,25 +339,9 @@ class KVPairDataModule(L.LightningDataModule):
     def transfer_batch_to_device(self, batch: dict[str, Any], device: torch.device, dataloader_idx: int):
         return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
-    @torch.no_grad()
     def add_caches(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """Run the frozen models: the source cache of the context, the target-native head (fallback), and
-        the target's own cache of the prefix when needed (shared protocol, reconstruction loss)."""
-        pair = self.pair.to(batch["source_ids"].device)
-        batch["source_cache"] = read_cache(
-            pair.source.model, batch["source_ids"], batch["source_mask"], geometry=pair.source.geometry
-        )
-        head = pair.target_head()
-        batch["target_head"] = head_fallback(head, batch["target_prefix_mask"]) if head is not None else None
         training = self.trainer is not None and self.trainer.training
-        if self.with_target_cache or not training:
-            batch["target_cache"] = read_cache(
-                pair.target.model,
-                batch["target_prefix_ids"],
-                batch["target_prefix_mask"],
-                geometry=pair.target.geometry,
-            )
-        return batch
+        return self.pair.add_caches(batch, with_target_cache=self.with_target_cache or not training)
 
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
         trainer = self.trainer

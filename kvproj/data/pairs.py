@@ -166,3 +166,36 @@ def collate(examples: list[EncodedExample], source_pad_id: int, target_pad_id: i
         "question_mask": _mask(questions, left=True),
         "one_to_one": torch.tensor([e.one_to_one for e in examples]),
     }
+
+
+@dataclass
+class PairCodec:
+    """Everything needed to turn raw examples into padded batches for one (source, target) pair."""
+
+    source_tokenizer: Any
+    target_tokenizer: Any
+    source_format: SideFormat
+    target_format: SideFormat
+    answer_template: str = " {answer}"
+    max_context_tokens: int | None = None
+
+    def encode(self, example: dict[str, Any], stream_index: int = -1) -> EncodedExample:
+        return encode_example(
+            example,
+            self.source_tokenizer,
+            self.target_tokenizer,
+            self.source_format,
+            self.target_format,
+            answer_template=self.answer_template,
+            max_context_tokens=self.max_context_tokens,
+            stream_index=stream_index,
+        )
+
+    def collate(self, examples: list[EncodedExample]) -> dict[str, Any]:
+        return collate(examples, self.source_tokenizer.pad_token_id, self.target_tokenizer.pad_token_id)
+
+    def batches(self, examples: list[dict[str, Any]], batch_size: int):
+        """Encoded, collated batches of `examples` in order (with the raw examples of each batch)."""
+        for i in range(0, len(examples), batch_size):
+            chunk = examples[i : i + batch_size]
+            yield chunk, self.collate([self.encode(e, stream_index=i + j) for j, e in enumerate(chunk)])

@@ -1,0 +1,1 @@
+"""Evaluation: inject projected caches, score what the target generates, against baselines and controls."""

@@ -1,0 +1,338 @@
+"""The facts-transfer task: every condition on the same examples, scored on what the model generates.
+
+Conditions: target_alone (floor), target_text (oracle), source_text, projected, shuffled_source (the projected
+cache of another example: must fall to the floor), text_to_text (the source writes a hint in words, the target
+reads it), untrained (the projector at initialization).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from kvproj.cache import KVCache, forward_with_cache, generate_with_cache, read_cache
+from kvproj.data.datamodule import FrozenPair
+from kvproj.data.pairs import PairCodec, _mask, _pad
+from kvproj.eval import metrics
+from kvproj.losses import logits_from_hidden
+from kvproj.transfer import CacheTransfer
+
+log = logging.getLogger(__name__)
+
+CONDITIONS = (
+    "target_alone",
+    "target_text",
+    "source_text",
+    "projected",
+    "shuffled_source",
+    "text_to_text",
+    "untrained",
+)
+TARGET_SIDE = ("target_alone", "target_text", "projected", "shuffled_source", "text_to_text", "untrained")
+
+
+@dataclass
+class EvalSettings:
+    """Args:
+    batch_size: Examples per batch.
+    max_new_tokens: Greedy tokens generated per answer.
+    seed: Seeds the shuffled control, the untrained projector and the bootstrap.
+    hint_tokens: Tokens the source may write for text_to_text.
+    hint_prompt: What the source reads after the context to write its hint (plain format).
+    conditions: Which conditions to run.
+    """
+
+    batch_size: int = 16
+    max_new_tokens: int = 16
+    seed: int = 0
+    hint_tokens: int = 32
+    hint_prompt: str = "\nIn one sentence, the key facts above are:"
+    conditions: tuple[str, ...] = CONDITIONS
+    bootstrap_resamples: int = 1000
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.conditions) - set(CONDITIONS))
+        if unknown:
+            raise ValueError(f"conditions: unknown {unknown}; valid: {', '.join(CONDITIONS)}")
+
+
+def derangement(n: int, seed: int) -> list[int]:
+    """A seeded permutation with no fixed point (each example gets another example's cache)."""
+    if n < 2:
+        return list(range(n))
+    rng = random.Random(seed)
+    while True:
+        perm = list(range(n))
+        rng.shuffle(perm)
+        if all(i != p for i, p in enumerate(perm)):
+            return perm
+
+
+@dataclass
+class _Scores:
+    generated: list[str] = field(default_factory=list)
+    prompts: list[str] = field(default_factory=list)
+    nll: list[float | None] = field(default_factory=list)
+    kl: list[float | None] = field(default_factory=list)
+    latency_ms: list[float] = field(default_factory=list)
+
+
+def _answer_scores(model, hidden: torch.Tensor, labels: torch.Tensor):
+    """Per example: mean answer NLL [B], plus logits at answer positions [N, V] and their example index [N]."""
+    targets = labels[:, 1:]
+    mask = targets != -100
+    logits = logits_from_hidden(model, hidden[:, :-1][mask]).float()  # [N, V]
+    example = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(targets)[mask]
+    token_nll = F.cross_entropy(logits, targets[mask], reduction="none")
+    nll = torch.zeros(labels.shape[0], device=labels.device).index_add_(0, example, token_nll)
+    count = torch.zeros(labels.shape[0], device=labels.device).index_add_(0, example, torch.ones_like(token_nll))
+    return nll / count.clamp_min(1), logits, example
+
+
+class FactsEvaluator:
+    """Runs the facts task for one pair and projector.
+
+    Args:
+        pair: The frozen source and target.
+        codec: Turns examples into batches (same formats as training).
+        transfer: The trained projector with its fixed steps.
+        untrained: The same architecture at initialization (None skips that condition).
+        settings: Batch size, generation length, seed, conditions.
+    """
+
+    def __init__(
+        self,
+        pair: FrozenPair,
+        codec: PairCodec,
+        transfer: CacheTransfer,
+        untrained: CacheTransfer | None,
+        settings: EvalSettings | None = None,
+    ) -> None:
+        self.pair, self.codec, self.transfer, self.untrained = pair, codec, transfer, untrained
+        self.settings = settings or EvalSettings()
+        self.conditions = [c for c in self.settings.conditions if c != "untrained" or untrained is not None]
+
+    # --------------------------------------------------------------------------------------------- prefixes
+    def _timed(self, fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        out = fn(*args)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        return out, time.perf_counter() - start
+
+    def _projected(self, batch: dict[str, Any], transfer: CacheTransfer) -> KVCache:
+        source = read_cache(
+            self.pair.source.model, batch["source_ids"], batch["source_mask"], geometry=self.pair.source.geometry
+        )
+        return transfer(
+            source, batch["align_index"], batch["target_prefix_mask"], fallback=batch.get("target_head")
+        )
+
+    def _hint_prefix(self, batch: dict[str, Any], raw: list[dict]) -> tuple[KVCache, list[str]]:
+        """text_to_text: the source writes a hint after reading the context; the target reads head + hint."""
+        src = self.pair.source
+        prompt_ids = src.tokenizer(self.settings.hint_prompt, add_special_tokens=False).input_ids
+        ids = [list(self.codec.encode(e).source_ids) + prompt_ids for e in raw]
+        device = src.device
+        input_ids = _pad(ids, src.tokenizer.pad_token_id, left=True).to(device)
+        mask = _mask(ids, left=True).to(device)
+        out = src.model.generate(
+            input_ids=input_ids,
+            attention_mask=mask,
+            max_new_tokens=self.settings.hint_tokens,
+            do_sample=False,
+            pad_token_id=src.tokenizer.pad_token_id,
+        )
+        hints = [
+            h.strip() for h in src.tokenizer.batch_decode(out[:, input_ids.shape[1] :], skip_special_tokens=True)
+        ]
+        tgt = self.pair.target
+        head = self.pair.target_format.head_ids
+        rows = [head + tgt.tokenizer(h or ".", add_special_tokens=False).input_ids for h in hints]
+        prefix_ids = _pad(rows, tgt.tokenizer.pad_token_id, left=True).to(tgt.device)
+        prefix_mask = _mask(rows, left=True).to(tgt.device)
+        return read_cache(tgt.model, prefix_ids, prefix_mask, geometry=tgt.geometry), hints
+
+    def _prefix(
+        self, condition: str, batch: dict[str, Any], raw: list[dict]
+    ) -> tuple[KVCache | None, list | None]:
+        """The target's prefix cache under `condition` (None: no prefix at all)."""
+        target = self.pair.target
+        if condition == "target_alone":
+            return self.pair.head_only(len(raw)), None
+        if condition == "target_text":
+            ids, mask = batch["target_prefix_ids"], batch["target_prefix_mask"]
+            return read_cache(target.model, ids, mask, geometry=target.geometry), None
+        if condition == "projected":
+            return self._projected(batch, self.transfer), None
+        if condition == "shuffled_source":
+            return self._projected(batch, self.transfer).select(derangement(len(raw), self.settings.seed)), None
+        if condition == "untrained":
+            return self._projected(batch, self.untrained), None
+        if condition == "text_to_text":
+            return self._hint_prefix(batch, raw)
+        raise ValueError(f"unknown condition {condition!r}")
+
+    def _prefix_and_answer(self, condition: str, batch: dict[str, Any], raw: list[dict], generate: bool = True):
+        prefix, hints = self._prefix(condition, batch, raw)
+        if not generate:
+            return prefix, hints, torch.zeros(len(raw), 0, dtype=torch.long)
+        new = self._generate(prefix, self.pair.target.model, batch["question_ids"], batch["question_mask"])
+        return prefix, hints, new
+
+    # --------------------------------------------------------------------------------------------- scoring
+    def _generate(self, prefix: KVCache | None, model, question_ids, question_mask) -> torch.Tensor:
+        n = self.settings.max_new_tokens
+        if prefix is None:  # a target without any head token: generate from the question alone
+            out = model.generate(
+                input_ids=question_ids, attention_mask=question_mask, max_new_tokens=n, do_sample=False,
+                pad_token_id=self.pair.target.tokenizer.pad_token_id,
+            )  # fmt: skip
+            return out[:, question_ids.shape[1] :]
+        return generate_with_cache(model, prefix, question_ids, question_mask, max_new_tokens=n)
+
+    def _hidden(self, prefix: KVCache | None, batch: dict[str, Any]) -> torch.Tensor:
+        model = self.pair.target.model
+        if prefix is None:
+            return model.base_model(
+                input_ids=batch["continuation_ids"], attention_mask=batch["continuation_mask"]
+            ).last_hidden_state
+        return forward_with_cache(
+            model, prefix, batch["continuation_ids"], batch["continuation_mask"], return_hidden=True
+        )
+
+    @torch.no_grad()
+    def _source_text(self, batch: dict[str, Any], raw: list[dict], scores: _Scores) -> None:
+        """The source answers from the text itself (its own tokenizer and format)."""
+        src, fmt = self.pair.source, self.pair.source_format
+        tok = src.tokenizer
+        questions = [tok(fmt.middle + e["question"] + fmt.tail, add_special_tokens=False).input_ids for e in raw]
+        answers = [
+            tok(self.codec.answer_template.format(answer=e["answer"]), add_special_tokens=False).input_ids
+            for e in raw
+        ]
+        dev = src.device
+
+        def run():
+            prefix = read_cache(src.model, batch["source_ids"], batch["source_mask"], geometry=src.geometry)
+            q_ids, q_mask = _pad(questions, tok.pad_token_id, True).to(dev), _mask(questions, True).to(dev)
+            new = generate_with_cache(
+                src.model, prefix, q_ids, q_mask, max_new_tokens=self.settings.max_new_tokens
+            )
+            return prefix, new
+
+        (prefix, new), seconds = self._timed(run)  # noqa: B023
+        cont = [q + a for q, a in zip(questions, answers)]
+        labels = [[-100] * len(q) + a for q, a in zip(questions, answers)]
+        c_ids, c_mask = _pad(cont, tok.pad_token_id, False).to(dev), _mask(cont, False).to(dev)
+        hidden = forward_with_cache(src.model, prefix, c_ids, c_mask, return_hidden=True)
+        nll, _, _ = _answer_scores(src.model, hidden, _pad(labels, -100, False).to(dev))
+        scores.generated += tok.batch_decode(new, skip_special_tokens=True)
+        scores.prompts += [e["context"] + fmt.middle + e["question"] + fmt.tail for e in raw]
+        scores.nll += nll.tolist()
+        scores.kl += [None] * len(raw)  # different vocabulary: no KL to the target's oracle
+        scores.latency_ms += [1000 * seconds / len(raw)] * len(raw)
+
+    @torch.no_grad()
+    def run(
+        self, examples: list[dict[str, Any]], progress: Callable[[int], None] | None = None, generate: bool = True
+    ):
+        """Returns (results dict, generation rows). `generate=False` scores likelihoods only (the lm task)."""
+        if not examples:
+            raise ValueError("the evaluation set is empty")
+        s = self.settings
+        target = self.pair.target
+        tok = target.tokenizer
+        scores = {c: _Scores() for c in self.conditions}
+        for raw, batch in self.codec.batches(examples, s.batch_size):
+            batch = {k: v.to(target.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            batch = self.pair.add_caches(batch, with_target_cache=False)
+            b = len(raw)
+            oracle_logits = None
+            order = ["target_text"] + [c for c in self.conditions if c != "target_text"]
+            for condition in order:
+                if condition not in self.conditions:
+                    continue
+                if condition == "source_text":
+                    if not generate:
+                        continue
+                    self._source_text(batch, raw, scores[condition])
+                    continue
+
+                (prefix, hints, new), seconds = self._timed(
+                    self._prefix_and_answer, condition, batch, raw, generate
+                )
+                hidden = self._hidden(prefix, batch)
+                nll, logits, _ = _answer_scores(target.model, hidden, batch["labels"])
+                if condition == "target_text":
+                    oracle_logits = logits
+                kl = _kl_per_example(logits, oracle_logits, batch["labels"]) if oracle_logits is not None else None
+                sc = scores[condition]
+                sc.generated += tok.batch_decode(new, skip_special_tokens=True)
+                question_text = [
+                    self.pair.target_format.middle + e["question"] + self.pair.target_format.tail for e in raw
+                ]
+                if condition == "target_text":
+                    sc.prompts += [e["context"] + q for e, q in zip(raw, question_text)]
+                elif condition == "text_to_text":
+                    sc.prompts += [f"[hint] {h}{q}" for h, q in zip(hints, question_text)]
+                else:
+                    sc.prompts += [f"[{condition} cache]{q}" for q in question_text]
+                sc.nll += nll.tolist()
+                sc.kl += kl if kl is not None else [None] * b
+                sc.latency_ms += [1000 * seconds / b] * b
+            if progress is not None:
+                progress(b)
+        return self._summarize(examples, scores)
+
+    def _summarize(self, examples: list[dict], scores: dict[str, _Scores]):
+        s = self.settings
+        conditions: dict[str, Any] = {}
+        rows: list[dict[str, Any]] = []
+        for ci, (name, sc) in enumerate(scores.items()):
+            em = [metrics.exact_match(g, e["answer"]) for g, e in zip(sc.generated, examples)]
+            f1 = [metrics.token_f1(g, e["answer"]) for g, e in zip(sc.generated, examples)]
+            per_metric = {"exact_match": em, "f1": f1, "answer_nll": sc.nll, "kl_to_oracle": sc.kl,
+                          "latency_ms": sc.latency_ms}  # fmt: skip
+            entry: dict[str, Any] = {}
+            ci95: dict[str, Any] = {}
+            for k, values in per_metric.items():
+                present = [v for v in values if v is not None]
+                entry[k] = metrics.mean(present) if present else None
+                ci95[k] = (
+                    metrics.bootstrap_ci(present, seed=s.seed + 7919 * ci, resamples=s.bootstrap_resamples)
+                    if present
+                    else None
+                )
+            entry["ci95"] = ci95
+            conditions[name] = entry
+            for e, g, p, c in zip(examples, sc.generated, sc.prompts, em):
+                rows.append({"id": e.get("id"), "condition": name, "prompt": p, "generated": g, "answer": e["answer"],
+                             "correct": bool(c)})  # fmt: skip
+        gap = {"exact_match": None, "answer_nll": None}
+        if {"projected", "target_alone", "target_text"} <= conditions.keys():
+            for k in gap:
+                gap[k] = metrics.gap_closed(
+                    conditions["projected"][k], conditions["target_alone"][k], conditions["target_text"][k]
+                )
+        return {"n": len(examples), "conditions": conditions, "gap_closed": gap}, rows
+
+
+def _kl_per_example(logits: torch.Tensor, oracle: torch.Tensor, labels: torch.Tensor) -> list[float]:
+    """Mean over each example's answer positions of KL(oracle || condition)."""
+    targets = labels[:, 1:]
+    mask = targets != -100
+    example = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(targets)[mask]
+    kl = (F.softmax(oracle, -1) * (F.log_softmax(oracle, -1) - F.log_softmax(logits, -1))).sum(-1)  # [N]
+    total = torch.zeros(labels.shape[0], device=labels.device).index_add_(0, example, kl)
+    count = torch.zeros(labels.shape[0], device=labels.device).index_add_(0, example, torch.ones_like(kl))
+    return (total / count.clamp_min(1)).tolist()

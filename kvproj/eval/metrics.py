@@ -1,0 +1,72 @@
+"""Answer metrics (exact match, token F1), bootstrap confidence intervals and the gap-closed arithmetic."""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+import string
+import unicodedata
+from collections import Counter
+from collections.abc import Sequence
+
+_PUNCT = set(string.punctuation) | {"“", "”", "‘", "’", "«", "»"}
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+
+
+def normalize(text: str) -> str:
+    """Lowercase, strip accents' compatibility forms, punctuation and articles, collapse whitespace."""
+    text = unicodedata.normalize("NFKC", text).lower()
+    text = "".join(" " if ch in _PUNCT else ch for ch in text)
+    text = _ARTICLES.sub(" ", text)
+    return " ".join(text.split())
+
+
+def first_line(generated: str) -> str:
+    """The answer part of a generation: up to the first newline (models often continue with new questions)."""
+    stripped = generated.strip()
+    return stripped.split("\n", 1)[0].strip() if stripped else ""
+
+
+def exact_match(generated: str, answer: str) -> float:
+    """1.0 if the normalized answer appears as a whole-word span in the normalized first line, else 0.0."""
+    gold, got = normalize(answer), normalize(first_line(generated))
+    if not gold:
+        return 0.0
+    return 1.0 if f" {gold} " in f" {got} " else 0.0
+
+
+def token_f1(generated: str, answer: str) -> float:
+    """SQuAD-style token F1 between the first line of the generation and the answer."""
+    got, gold = normalize(first_line(generated)).split(), normalize(answer).split()
+    if not got or not gold:
+        return float(got == gold)
+    common = sum((Counter(got) & Counter(gold)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(got), common / len(gold)
+    return 2 * precision * recall / (precision + recall)
+
+
+def mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
+
+
+def bootstrap_ci(values: Sequence[float], *, seed: int = 0, resamples: int = 1000, level: float = 0.95):
+    """Percentile bootstrap CI of the mean: [low, high]. Deterministic for a seed."""
+    vals = [v for v in values if v is not None and not math.isnan(v)]
+    if not vals:
+        return [float("nan"), float("nan")]
+    rng = random.Random(seed)
+    n = len(vals)
+    means = sorted(sum(vals[rng.randrange(n)] for _ in range(n)) / n for _ in range(resamples))
+    lo = means[int((1 - level) / 2 * resamples)]
+    hi = means[min(int((1 + level) / 2 * resamples), resamples - 1)]
+    return [lo, hi]
+
+
+def gap_closed(projected: float, floor: float, oracle: float) -> float | None:
+    """(projected - floor) / (oracle - floor); None when the oracle is no better than the floor."""
+    if any(v is None or math.isnan(v) for v in (projected, floor, oracle)) or abs(oracle - floor) < 1e-12:
+        return None
+    return (projected - floor) / (oracle - floor)
