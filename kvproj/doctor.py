@@ -21,6 +21,9 @@ from kvproj.models import TINY_FAMILIES, LoadedModel, ModelSpec, load_model
 from kvproj.rope import apply_rope, undo_rope
 
 TOLERANCE = {"float32": 1e-4, "bfloat16": 5e-2, "float16": 1e-2}
+# bitsandbytes kernels pick code paths by matrix shape, so a prefix+suffix split can round differently from one
+# full forward (seen: 1.8e-3 on a tiny 4-bit Gemma-3 at one split, 0 at others); a cache bug gives errors ~1.
+QUANTIZED_TOLERANCE = 1e-2
 PROBE_TEXT = (
     "Marta Oyelaran was born in Valparaiso in 1931. She studied glassmaking in Murano and later opened a studio "
     "in Oslo, where she trained apprentices from eleven countries. Her brother Tomas"
@@ -81,7 +84,7 @@ def check_model(loaded: LoadedModel, prefix: int = 15) -> dict[str, Any]:
         back = apply_rope(undo_rope(k, kv.positions, spec), kv.positions, spec)
         rope_err = max(rope_err, (back - k).abs().max().item())
     g = loaded.geometry
-    tol = TOLERANCE[loaded.spec.dtype]
+    tol = QUANTIZED_TOLERANCE if loaded.spec.quantization else TOLERANCE[loaded.spec.dtype]
     return {
         "name": loaded.spec.name,
         "family": g.family,
@@ -91,6 +94,7 @@ def check_model(loaded: LoadedModel, prefix: int = 15) -> dict[str, Any]:
         "rotary_dims": sorted({s.rotary_dim for s in g.rope if s is not None}),
         "sliding_windows": sorted({w for w in g.sliding_windows if w is not None}),
         "dtype": loaded.spec.dtype,
+        "quantization": loaded.spec.quantization,
         "injection_max_abs_err": injection_err,
         "rope_roundtrip_max_abs_err": rope_err,
         "tolerance": tol,
@@ -99,7 +103,9 @@ def check_model(loaded: LoadedModel, prefix: int = 15) -> dict[str, Any]:
     }
 
 
-def run(include_zoo: bool = True, dtype: str = "float32") -> dict[str, Any]:
+def run(
+    include_zoo: bool = True, dtype: str = "float32", device: str = "cpu", quantization: str | None = None
+) -> dict[str, Any]:
     from kvproj import zoo
 
     report: dict[str, Any] = {"versions": versions(), "devices": devices(), "zoo": [], "models": []}
@@ -112,7 +118,7 @@ def run(include_zoo: bool = True, dtype: str = "float32") -> dict[str, Any]:
     names += [f"tiny:{family}" for family in sorted(TINY_FAMILIES)]
     for name in names:
         try:
-            loaded = load_model(ModelSpec(name, dtype=dtype))
+            loaded = load_model(ModelSpec(name, dtype=dtype, device=device, quantization=quantization))
             report["models"].append(check_model(loaded))
         except Exception as err:  # a broken model is a failed check, not a crash of the whole report
             report["models"].append({"name": name, "ok": False, "error": f"{type(err).__name__}: {err}"})
@@ -160,8 +166,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     parser.add_argument("--no-zoo", action="store_true", help="skip installed zoo models (tiny models only)")
     parser.add_argument("--dtype", default="float32", choices=sorted(TOLERANCE), help="dtype to check in")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    parser.add_argument("--quantization", choices=["8bit", "4bit"], help="load with bitsandbytes (GPU)")
     args = parser.parse_args(argv)
-    report = run(include_zoo=not args.no_zoo, dtype=args.dtype)
+    report = run(include_zoo=not args.no_zoo, dtype=args.dtype, device=args.device, quantization=args.quantization)
     if args.json:
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
     else:

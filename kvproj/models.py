@@ -166,6 +166,15 @@ def load_model(spec: ModelSpec | str) -> LoadedModel:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(spec.seed)
             model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        if spec.quantization:
+            # quantize through the same from_pretrained path real models take
+            import tempfile
+
+            with tempfile.TemporaryDirectory(prefix="kvproj-tiny-") as tmp:
+                model.save_pretrained(tmp)
+                byte_tokenizer().save_pretrained(tmp)
+                model, tokenizer = _from_pretrained(spec, tmp, None, dtype, device)
+            return _freeze(LoadedModel(spec, model, tokenizer, geometry_of(model), "tiny"))
         model.to(device)
         return _freeze(LoadedModel(spec, model, byte_tokenizer(), geometry_of(model), "tiny"))
 
