@@ -61,8 +61,21 @@ def lightning_main(argv: list[str]) -> int:
         # no config given: the offline default run (SmolLM2-135M -> Gemma-3-270m from the zoo)
         if DEFAULT_CONFIG.is_file():
             argv = [argv[0], "--config", str(DEFAULT_CONFIG), *argv[1:]]
+    from kvproj.callbacks.checkpointing import CheckpointError
+    from kvproj.callbacks.preemption import EXIT_PREEMPTED, PreemptionHandler
+    from kvproj.models import ModelNotFoundError
+
     sys.argv = [sys.argv[0], *argv]  # LightningCLI parses sys.argv (passing args= as well makes it warn)
-    KVProjCLI()
+    try:
+        KVProjCLI()
+    except (CheckpointError, ModelNotFoundError, FloatingPointError, OSError, ValueError) as err:
+        if os.environ.get("KVPROJ_DEBUG"):
+            raise
+        logging.getLogger("kvproj").error("%s: %s", type(err).__name__, err)
+        logging.getLogger("kvproj").info("(set KVPROJ_DEBUG=1 for the traceback)")
+        return 1
+    if PreemptionHandler.received is not None:
+        return EXIT_PREEMPTED
     return 0
 
 

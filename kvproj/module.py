@@ -142,7 +142,7 @@ class KVProjectorModule(L.LightningModule):
     # ------------------------------------------------------------------ Lightning hooks
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         max_steps = self.trainer.max_steps if self.trainer.max_steps and self.trainer.max_steps > 0 else None
-        self.projector.set_progress(self.global_step / max_steps if max_steps else 0.0)
+        self.projector.set_progress(self.global_step / max_steps if max_steps else 0.0, step=self.global_step)
         self._step_started = time.perf_counter()
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
@@ -239,7 +239,8 @@ class KVProjectorModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_fit_start(self) -> None:
-        if self.hparams.ridge_init and self.global_step == 0:
+        # loops (global_step) are restored after on_fit_start: a resumed run is recognised by its ckpt_path
+        if self.hparams.ridge_init and self.trainer.ckpt_path is None:
             from kvproj.ridge import ridge_init
 
             ridge_init(self, self.trainer.datamodule)

@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from kvproj.callbacks.checkpointing import AtomicCheckpointIO, FinalCheckpoint
+from kvproj.callbacks.checkpointing import AtomicCheckpointIO, FinalCheckpoint, validate_checkpoint
 from kvproj.callbacks.export import ProjectorExport
+from kvproj.callbacks.memory import MemoryWatch
+from kvproj.callbacks.preemption import FaultInjection, PreemptionHandler
 from kvproj.data.datamodule import KVPairDataModule
 from kvproj.module import KVProjectorModule
 
@@ -27,12 +31,29 @@ class RunOptions:
     Args:
         name: Run name: outputs go to checkpoints/<name>/ and lightning_logs/<name>/ under trainer.default_root_dir.
         checkpoint_every_n_steps: Save a periodic checkpoint (and last.ckpt) every N optimizer steps.
+        checkpoint_every_minutes: Also save last.ckpt every M minutes of wall-clock time (None: off).
         keep_checkpoints: Keep the newest N periodic checkpoints (last.ckpt is always kept).
+        preemption_signals: Signals that mean "preempted": finish the step, checkpoint, exit 143.
     """
 
     name: str = "default"
     checkpoint_every_n_steps: int = 100
+    checkpoint_every_minutes: float | None = None
     keep_checkpoints: int = 3
+    preemption_signals: tuple[str, ...] = ("SIGTERM",)
+
+
+def ensure_writable(folder: Path, setting: str) -> None:
+    """Fail before any training if an output folder cannot be written (read-only mount, full disk)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise OSError(
+            f"{setting}: cannot write to {folder} ({err.strerror or err}); choose a writable folder with "
+            f"--{setting}=PATH or free space there"
+        ) from err
 
 
 def run_dirs(root: str | Path, name: str) -> tuple[Path, Path]:
@@ -54,12 +75,21 @@ class KVProjCLI(LightningCLI):
         parser.add_class_arguments(RunOptions, "run")
         parser.link_arguments("data.pair", "model.pair", apply_on="instantiate")
 
+    def before_fit(self) -> None:
+        ckpt = self.config["fit"].get("ckpt_path")
+        if ckpt == "last":
+            ckpt_dir = Path(self.trainer.checkpoint_callback.dirpath)
+            ckpt = ckpt_dir / "last.ckpt" if (ckpt_dir / "last.ckpt").exists() else None
+        if ckpt and str(ckpt) not in ("best", "hpc", "registry"):
+            validate_checkpoint(ckpt, self.model)
+
     def instantiate_trainer(self, **kwargs):
         config = self.config[self.subcommand] if self.subcommand else self.config
-        run: RunOptions = config["run"]
-        name = run.name if isinstance(run, RunOptions) else run["name"]
-        every = run.checkpoint_every_n_steps if isinstance(run, RunOptions) else run["checkpoint_every_n_steps"]
-        keep = run.keep_checkpoints if isinstance(run, RunOptions) else run["keep_checkpoints"]
+        run = config["run"]
+        run = run if isinstance(run, RunOptions) else RunOptions(**dict(run))
+        name, every, keep = run.name, run.checkpoint_every_n_steps, run.keep_checkpoints
+        if keep < 1:
+            raise ValueError(f"run.keep_checkpoints: must be >= 1, got {keep}")
         if not _RUN_NAME.match(name or ""):
             raise ValueError(f"run.name: got {name!r}; use letters, digits, '.', '_' or '-' (it names folders)")
         if every < 1:
@@ -67,6 +97,8 @@ class KVProjCLI(LightningCLI):
         trainer_config = self._get(self.config_init, "trainer", default={})
         root = Path(trainer_config.get("default_root_dir") or os.getcwd())
         ckpt_dir, log_dir = run_dirs(root, name)
+        for folder, setting in ((ckpt_dir, "trainer.default_root_dir"), (log_dir, "trainer.default_root_dir")):
+            ensure_writable(folder, setting)
         kwargs["default_root_dir"] = str(root)
         if trainer_config.get("logger") in (None, True):
             kwargs["logger"] = TensorBoardLogger(save_dir=str(root / "lightning_logs"), name=name, version="")
@@ -83,9 +115,24 @@ class KVProjCLI(LightningCLI):
                 save_last=True,
             ),
             FinalCheckpoint(ckpt_dir),
+            PreemptionHandler(ckpt_dir, tuple(run.preemption_signals)),
+            FaultInjection(ckpt_dir),
+            MemoryWatch(),
             ProjectorExport(ckpt_dir / "projector"),
             LearningRateMonitor(logging_interval="step"),
         ]
+        if run.checkpoint_every_minutes:
+            callbacks.append(
+                ModelCheckpoint(
+                    dirpath=str(ckpt_dir),
+                    filename="time-{step:07d}",
+                    train_time_interval=timedelta(minutes=run.checkpoint_every_minutes),
+                    save_top_k=1,
+                    monitor="step",
+                    mode="max",
+                    save_last=True,
+                )
+            )
         kwargs["callbacks"] = callbacks
         plugins = trainer_config.get("plugins") or []
         plugins = plugins if isinstance(plugins, list) else [plugins]

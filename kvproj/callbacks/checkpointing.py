@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             with os.fdopen(fd, "wb") as f:
                 torch.save(checkpoint, f)
                 f.flush()
+                if os.environ.get("KVPROJ_KILL_DURING_SAVE"):  # fault injection: die with a half-done save
+                    f.truncate(f.tell() // 2)
+                    os.kill(os.getpid(), signal.SIGKILL)
                 os.fsync(f.fileno())
             os.replace(tmp, path)
         except BaseException:
@@ -39,4 +43,51 @@ class FinalCheckpoint(L.Callback):
         self.path = Path(dirpath) / "last.ckpt"
 
     def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        trainer.save_checkpoint(self.path)
+        if not getattr(trainer, "kvproj_preempted", False):  # a preempted run has just saved it
+            trainer.save_checkpoint(self.path)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used for this run: truncated, not kvproj's, or for another pair/projector."""
+
+
+def validate_checkpoint(path: str | Path, module: L.LightningModule) -> None:
+    """Refuse, with a message naming the file, a checkpoint that is unreadable or belongs to another setup."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"--ckpt_path {path}: no such file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # truncated zip, garbage, wrong format: all mean "not usable"
+        raise CheckpointError(
+            f"--ckpt_path {path}: cannot be read as a checkpoint (truncated or not one): {err}"
+        ) from err
+    meta = state.get("kvproj") if isinstance(state, dict) else None
+    if meta is None:
+        raise CheckpointError(f"--ckpt_path {path}: not a kvproj training checkpoint (no 'kvproj' record)")
+    pair = module.pair
+    expected = {
+        "source geometry": pair.source.geometry.to_dict(),
+        "target geometry": pair.target.geometry.to_dict(),
+        "projector": module.hparams.projector,
+        "projector init args": module.projector.init_args,
+    }
+    found = {
+        "source geometry": meta.get("source_geometry"),
+        "target geometry": meta.get("target_geometry"),
+        "projector": meta.get("projector"),
+        "projector init args": meta.get("projector_init_args"),
+    }
+    wrong = [k for k in expected if _jsonish(expected[k]) != _jsonish(found[k])]
+    if wrong:
+        raise CheckpointError(
+            f"--ckpt_path {path}: made for {meta.get('source', {}).get('name')} -> {meta.get('target', {}).get('name')} "
+            f"with projector {meta.get('projector')!r}; this run is {pair.source.spec.name} -> {pair.target.spec.name} "
+            f"with {module.hparams.projector!r}. Differs in: {', '.join(wrong)}"
+        )
+
+
+def _jsonish(value):
+    import json
+
+    return json.loads(json.dumps(value, default=str))

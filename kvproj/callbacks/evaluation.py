@@ -81,5 +81,5 @@ class FactsEvalCallback(L.Callback):
             self.evaluate(trainer, module)
 
     def on_train_end(self, trainer, module) -> None:
-        if trainer.global_step != self._last_step:
+        if trainer.global_step != self._last_step and not getattr(trainer, "kvproj_preempted", False):
             self.evaluate(trainer, module)

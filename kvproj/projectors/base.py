@@ -70,9 +70,19 @@ class Projector(nn.Module):
         self.target_key_norm = target_key_norm and mode == "replace"
         self.init_args: dict[str, Any] = {"layer_map": layer_map, "mode": mode, "target_key_norm": target_key_norm}
         self.progress = 0.0  # training progress in [0, 1] (annealing schedules); set by the LightningModule
+        self.step = (
+            0  # optimizer step: stochastic projectors seed their noise from it (exact resume, no RNG state)
+        )
 
-    def set_progress(self, fraction: float) -> None:
+    def set_progress(self, fraction: float, step: int = 0) -> None:
         self.progress = float(min(max(fraction, 0.0), 1.0))
+        self.step = int(step)
+
+    def noise_generator(self, device: torch.device, salt: int = 0) -> torch.Generator:
+        """A generator seeded by (step, salt): training noise is a pure function of the step."""
+        g = torch.Generator(device=device)
+        g.manual_seed(1_000_003 * self.step + salt)
+        return g
 
     def forward(
         self,

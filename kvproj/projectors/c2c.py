@@ -87,7 +87,9 @@ class C2CFuser(Projector):
         logit = self.gate_logits[target_layer]
         if not self.training:
             return (logit > 0).to(logit.dtype) if self.hard_gate_in_eval else torch.sigmoid(logit)
-        u = torch.rand((), device=logit.device).clamp(1e-6, 1 - 1e-6)
+        # noise from the step, not the global RNG: a resumed run draws exactly what an uninterrupted one did
+        gen = self.noise_generator(logit.device, salt=target_layer)
+        u = torch.rand((), device=logit.device, generator=gen).clamp(1e-6, 1 - 1e-6)
         noise = torch.log(u) - torch.log1p(-u)  # logistic noise = difference of two Gumbels
         return torch.sigmoid((logit + noise) / self.temperature())
 
