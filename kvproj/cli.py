@@ -14,13 +14,16 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.y
 
 
 def _setup_logging() -> None:
+    from rich.console import Console
     from rich.logging import RichHandler
 
     level = os.environ.get("KVPROJ_LOG", "INFO").upper()
     # only kvproj's own logger: Lightning and transformers keep their own handlers (no doubled lines)
     logger = logging.getLogger("kvproj")
     if not logger.handlers:
-        logger.addHandler(RichHandler(show_path=False))
+        # stderr, and no wrapping when it is a file or pipe (logs stay greppable)
+        console = Console(stderr=True, width=None if sys.stderr.isatty() else 1000)
+        logger.addHandler(RichHandler(console=console, show_path=False))
     logger.setLevel(level)
     logger.propagate = False
 
@@ -52,6 +55,15 @@ def zoo_main(argv: list[str]) -> int:
     return 0
 
 
+def _ckpt_path_arg(argv: list[str]) -> str | None:
+    for i, a in enumerate(argv):
+        if a == "--ckpt_path" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--ckpt_path="):
+            return a.split("=", 1)[1]
+    return None
+
+
 def lightning_main(argv: list[str]) -> int:
     from kvproj.training import KVProjCLI
 
@@ -67,6 +79,11 @@ def lightning_main(argv: list[str]) -> int:
 
     sys.argv = [sys.argv[0], *argv]  # LightningCLI parses sys.argv (passing args= as well makes it warn)
     try:
+        explicit = _ckpt_path_arg(argv)
+        if explicit and explicit not in ("last", "best", "hpc", "registry"):
+            from kvproj.callbacks.checkpointing import read_checkpoint
+
+            read_checkpoint(explicit)  # LightningCLI reads it before any hook of ours: check readability first
         KVProjCLI()
     except (CheckpointError, ModelNotFoundError, FloatingPointError, OSError, ValueError) as err:
         if os.environ.get("KVPROJ_DEBUG"):

@@ -99,6 +99,8 @@ class KVProjCLI(LightningCLI):
         ckpt_dir, log_dir = run_dirs(root, name)
         for folder, setting in ((ckpt_dir, "trainer.default_root_dir"), (log_dir, "trainer.default_root_dir")):
             ensure_writable(folder, setting)
+        for stale in ckpt_dir.glob(".*.ckpt.*.tmp"):  # left by a kill -9 mid-save; never a usable checkpoint
+            stale.unlink(missing_ok=True)
         kwargs["default_root_dir"] = str(root)
         if trainer_config.get("logger") in (None, True):
             kwargs["logger"] = TensorBoardLogger(save_dir=str(root / "lightning_logs"), name=name, version="")
@@ -115,8 +117,8 @@ class KVProjCLI(LightningCLI):
                 save_last=True,
             ),
             FinalCheckpoint(ckpt_dir),
+            FaultInjection(ckpt_dir),  # before the handler: an injected signal is acted on at the same step end
             PreemptionHandler(ckpt_dir, tuple(run.preemption_signals)),
-            FaultInjection(ckpt_dir),
             MemoryWatch(),
             ProjectorExport(ckpt_dir / "projector"),
             LearningRateMonitor(logging_interval="step"),

@@ -51,17 +51,24 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used for this run: truncated, not kvproj's, or for another pair/projector."""
 
 
-def validate_checkpoint(path: str | Path, module: L.LightningModule) -> None:
-    """Refuse, with a message naming the file, a checkpoint that is unreadable or belongs to another setup."""
+def read_checkpoint(path: str | Path) -> dict:
+    """Load a checkpoint file or raise CheckpointError naming it (missing, truncated, not a checkpoint)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"--ckpt_path {path}: no such file")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # truncated zip, garbage, wrong format: all mean "not usable"
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise CheckpointError(
-            f"--ckpt_path {path}: cannot be read as a checkpoint (truncated or not one): {err}"
+            f"--ckpt_path {path}: cannot be read as a checkpoint (truncated or not one): {first}"
         ) from err
+
+
+def validate_checkpoint(path: str | Path, module: L.LightningModule) -> None:
+    """Refuse, with a message naming the file, a checkpoint that is unreadable or belongs to another setup."""
+    path = Path(path)
+    state = read_checkpoint(path)
     meta = state.get("kvproj") if isinstance(state, dict) else None
     if meta is None:
         raise CheckpointError(f"--ckpt_path {path}: not a kvproj training checkpoint (no 'kvproj' record)")

@@ -13,6 +13,7 @@ import signal
 from pathlib import Path
 
 import lightning as L
+import torch
 
 log = logging.getLogger(__name__)
 EXIT_PREEMPTED = 143  # 128 + SIGTERM: what supervisors expect from a job stopped by SIGTERM
@@ -66,7 +67,8 @@ def preempted(trainer: L.Trainer | None) -> bool:
 class FaultInjection(L.Callback):
     """Test hook for scripts/preempt_test.py: `KVPROJ_FAULT=STEP:SIGNAL` sends SIGNAL (TERM or KILL) to this
     process when optimizer step STEP ends; `KVPROJ_FAULT=STEP:SAVEKILL` kills it in the middle of writing
-    last.ckpt at that step. Inactive unless the variable is set."""
+    last.ckpt at that step; `KVPROJ_FAULT=STEP:NAN` makes the projector diverge (NaN weights) after that step.
+    Inactive unless the variable is set."""
 
     def __init__(self, dirpath: str | Path) -> None:
         self.path = Path(dirpath) / "last.ckpt"
@@ -78,6 +80,10 @@ class FaultInjection(L.Callback):
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         if self.step is None or trainer.global_step != self.step:
+            return
+        if self.kind == "NAN":
+            with torch.no_grad():
+                next(module.projector.parameters()).fill_(float("nan"))
             return
         if self.kind == "SAVEKILL":
             os.environ["KVPROJ_KILL_DURING_SAVE"] = "1"

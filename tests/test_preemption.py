@@ -1,0 +1,119 @@
+"""Preemption and bad input: exit codes, exact resume, atomic checkpoints, clear errors (tiny models, CLI)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from kvproj.callbacks.checkpointing import AtomicCheckpointIO
+
+ROOT = Path(__file__).resolve().parent.parent
+FAST = ["--trainer.max_steps", "12", "--run.checkpoint_every_n_steps", "4", "--trainer.callbacks", "[]"]
+
+
+def fit(root: Path, *extra: str, fault: str | None = None, config: str = "configs/smoke.yaml"):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "KVPROJ_LOG": "INFO"}
+    env.pop("KVPROJ_FAULT", None)
+    if fault:
+        env["KVPROJ_FAULT"] = fault
+    cmd = [sys.executable, "-m", "kvproj", "fit", "--config", config, "--trainer.default_root_dir", str(root), *FAST,
+           *extra]  # fmt: skip
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def step_of(path: Path) -> int:
+    return torch.load(path, map_location="cpu", weights_only=False)["global_step"]
+
+
+def test_sigterm_finishes_the_step_checkpoints_and_exits_143(tmp_path):
+    proc = fit(tmp_path, fault="6:TERM")
+    assert proc.returncode == 143, proc.stderr[-2000:]
+    last = tmp_path / "checkpoints" / "smoke" / "last.ckpt"
+    assert step_of(last) == 6  # the step in flight was finished and saved, not lost
+    resumed = fit(tmp_path, "--ckpt_path", "last")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert step_of(last) == 12
+
+
+def test_kill_during_checkpoint_write_never_corrupts_last(tmp_path):
+    proc = fit(tmp_path, fault="6:SAVEKILL")
+    assert proc.returncode == -9
+    folder = tmp_path / "checkpoints" / "smoke"
+    assert step_of(folder / "last.ckpt") == 4  # the previous complete checkpoint, intact
+    resumed = fit(tmp_path, "--ckpt_path", "last")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert step_of(folder / "last.ckpt") == 12
+    assert not [p for p in folder.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_preempt_script_resumes_bitwise_equal():
+    proc = subprocess.run(
+        [sys.executable, "scripts/preempt_test.py", "--config", "configs/smoke.yaml", "--kills", "3", "--seed", "4",
+         "--max_steps", "16", "--every", "5"],
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    assert "weights=EQUAL" in proc.stdout and "resumes=3" in proc.stdout
+
+
+def test_truncated_and_foreign_checkpoints_are_refused(tmp_path):
+    assert fit(tmp_path / "a").returncode == 0
+    last = tmp_path / "a" / "checkpoints" / "smoke" / "last.ckpt"
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    proc = fit(tmp_path / "b", "--ckpt_path", str(truncated))
+    assert proc.returncode == 1
+    assert "truncated.ckpt: cannot be read as a checkpoint" in proc.stderr
+    proc = fit(tmp_path / "c", "--ckpt_path", str(last), "--data.target.name", "tiny:qwen2")
+    assert proc.returncode == 1
+    assert "made for tiny:llama -> tiny:gemma3_text" in proc.stderr and "target geometry" in proc.stderr
+
+
+def test_bad_inputs_get_messages_and_nonzero_exits(tmp_path):
+    proc = fit(tmp_path, "--model.no_such_key", "1")
+    assert proc.returncode == 2 and "no_such_key" in proc.stderr
+    proc = fit(tmp_path, "--data.source.name", "tiny:bert")
+    assert proc.returncode == 1 and "unknown tiny family" in proc.stderr
+    proc = fit(tmp_path, "--model.layer_map", "[0, 0, 0, 9]")
+    assert proc.returncode == 1 and "target layer 3 maps to source layer 9" in proc.stderr
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    proc = fit(tmp_path, "--data.dataset", "text", "--data.text.files", f"[{empty}]")
+    assert proc.returncode == 1 and "data.text: no texts found" in proc.stderr
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the output folder should be")
+    proc = fit(blocker)
+    assert proc.returncode == 1 and "trainer.default_root_dir: cannot write to" in proc.stderr
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    proc = fit(tmp_path, fault="5:NAN")  # the projector diverges after step 5
+    assert proc.returncode == 1
+    assert "FloatingPointError: train/loss is nan at step 5" in proc.stderr
+    assert "the last good checkpoint is kept" in proc.stderr
+    last = tmp_path / "checkpoints" / "smoke" / "last.ckpt"
+    state = torch.load(last, map_location="cpu", weights_only=False)
+    assert state["global_step"] == 4  # the periodic checkpoint before the divergence, untouched
+    assert all(torch.isfinite(v).all() for v in state["state_dict"].values())
+
+
+def test_full_disk_during_save_keeps_the_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"step": 1}, path)
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(OSError, match="No space left"):
+        io.save_checkpoint({"step": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=False) == {"step": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
