@@ -17,7 +17,7 @@ $(VENV)/.kvproj-installed: pyproject.toml constraints.txt constraints-cpu.txt
 
 # The main job: train the offline default pair (installs the zoo models it needs on first use).
 run: setup
-	$(PY) -m kvproj doctor
+	$(PY) -m kvproj fit
 
 zoo: setup
 	$(PY) -m kvproj zoo install smollm2-135m-instruct

@@ -152,6 +152,12 @@ class FrozenPair:
         return batch
 
 
+def _rank_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
 def _uniform(seed: int, index: int, salt: str) -> float:
     digest = hashlib.blake2b(f"{seed}:{salt}:{index}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2**64
@@ -164,8 +170,10 @@ class _ExampleStream(IterableDataset):
         self.dm, self.start = dm, start
 
     def __iter__(self) -> Iterator[EncodedExample]:
+        rank, world = _rank_world()
         for i, example in enumerate(self.dm.iter_examples(self.start), start=self.start):
-            yield self.dm.encode(example, stream_index=i)
+            if (i - self.start) % world == rank:  # DDP: each rank reads its own share of the one stream
+                yield self.dm.encode(example, stream_index=i)
 
 
 class KVPairDataModule(L.LightningDataModule):
@@ -347,7 +355,9 @@ class KVPairDataModule(L.LightningDataModule):
         trainer = self.trainer
         if trainer is not None and trainer.training:
             # this batch is the one the model consumes next (prefetching happens before transfer)
-            self.consumed = int(batch["stream_index"].max().item()) + 1
+            rank, world = _rank_world()
+            # the stream is shared round-robin by the ranks: after this batch, every rank has consumed up to here
+            self.consumed = int(batch["stream_index"].max().item()) - rank + world
         return self.add_caches(batch)
 
     def state_dict(self) -> dict[str, Any]:
