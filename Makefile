@@ -15,9 +15,10 @@ $(VENV)/.kvproj-installed: pyproject.toml constraints.txt constraints-cpu.txt
 	$(PY) -m pip install -c constraints.txt $(TORCH_PIN) -e '.[dev]'
 	touch $@
 
-# The main job: train the offline default pair (installs the zoo models it needs on first use).
+# The main job: train the offline default pair (installs the zoo models it needs on first use); a second
+# `make run` resumes an interrupted run (and does nothing more for a finished one).
 run: setup
-	$(PY) -m kvproj fit
+	$(PY) -m kvproj fit $(if $(wildcard checkpoints/default/last.ckpt),--ckpt_path last,)
 
 zoo: setup
 	$(PY) -m kvproj zoo install smollm2-135m-instruct

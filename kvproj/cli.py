@@ -85,7 +85,7 @@ def lightning_main(argv: list[str]) -> int:
 
             read_checkpoint(explicit)  # LightningCLI reads it before any hook of ours: check readability first
         KVProjCLI()
-    except (CheckpointError, ModelNotFoundError, FloatingPointError, OSError, ValueError) as err:
+    except (CheckpointError, ModelNotFoundError, FloatingPointError, OSError, ValueError) as err:  # noqa: B014
         if os.environ.get("KVPROJ_DEBUG"):
             raise
         logging.getLogger("kvproj").error("%s: %s", type(err).__name__, err)

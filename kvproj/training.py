@@ -34,6 +34,7 @@ class RunOptions:
         checkpoint_every_minutes: Also save last.ckpt every M minutes of wall-clock time (None: off).
         keep_checkpoints: Keep the newest N periodic checkpoints (last.ckpt is always kept).
         preemption_signals: Signals that mean "preempted": finish the step, checkpoint, exit 143.
+        overwrite: Start from scratch even if this run already has checkpoints (they are replaced as training goes).
     """
 
     name: str = "default"
@@ -41,6 +42,7 @@ class RunOptions:
     checkpoint_every_minutes: float | None = None
     keep_checkpoints: int = 3
     preemption_signals: tuple[str, ...] = ("SIGTERM",)
+    overwrite: bool = False
 
 
 def ensure_writable(folder: Path, setting: str) -> None:
@@ -77,6 +79,14 @@ class KVProjCLI(LightningCLI):
 
     def before_fit(self) -> None:
         ckpt = self.config["fit"].get("ckpt_path")
+        existing = Path(self.trainer.checkpoint_callback.dirpath) / "last.ckpt"
+        run = self.config["fit"]["run"]
+        overwrite = run.overwrite if isinstance(run, RunOptions) else run.get("overwrite", False)
+        if ckpt is None and existing.exists() and not overwrite:
+            raise FileExistsError(
+                f"run {existing.parent.name!r} already has checkpoints ({existing}); resume it with --ckpt_path last, "
+                "start a new run with --run.name NAME, or replace it with --run.overwrite true"
+            )
         if ckpt == "last":
             ckpt_dir = Path(self.trainer.checkpoint_callback.dirpath)
             ckpt = ckpt_dir / "last.ckpt" if (ckpt_dir / "last.ckpt").exists() else None
