@@ -161,3 +161,15 @@ def test_unknown_model_name_says_how_to_get_it():
     with pytest.raises(ModelNotFoundError, match="unknown tiny family; valid: tiny:llama, tiny:qwen2"):
         load_model("tiny:bert")
     assert tiny("llama").geometry.num_layers == 3
+
+
+def test_ddp_on_cpu_with_gloo_shares_the_stream(tmp_path):
+    proc = run_cli(
+        "fit", "--config", "configs/smoke.yaml", "--trainer.default_root_dir", str(tmp_path),
+        "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu",
+        "--trainer.max_steps", "6", "--trainer.callbacks", "[]", "--trainer.val_check_interval", "3",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = _ckpt(tmp_path / "checkpoints" / "smoke" / "last.ckpt")
+    assert state["global_step"] == 6
+    assert state["KVPairDataModule"]["consumed"] == 6 * 8 * 2  # two ranks, disjoint shares of one stream
