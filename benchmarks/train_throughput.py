@@ -18,7 +18,8 @@ import time
 import torch
 from torch import nn
 
-from kvproj.data.datamodule import FactsOptions, KVPairDataModule
+from kvproj.data.datamodule import KVPairDataModule
+from kvproj.data.facts import FactsConfig
 from kvproj.models import ModelSpec
 from kvproj.module import KVProjectorModule
 from kvproj.projectors.base import Projector
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|---|")
     for pair in args.pairs:
         source, target = PAIRS[pair]
-        dm = KVPairDataModule(source=source, target=target, facts=FactsOptions(), batch_size=args.batch_size)
+        dm = KVPairDataModule(source=source, target=target, facts=FactsConfig(), batch_size=args.batch_size)
         stream = dm.iter_examples(0)
         batches = [
             dm.collate([dm.encode(next(stream)) for _ in range(args.batch_size)]) for _ in range(args.steps + 2)

@@ -13,7 +13,8 @@ import pytest
 import torch
 from conftest import tiny
 
-from kvproj.data.datamodule import FactsOptions, KVPairDataModule
+from kvproj.data.datamodule import KVPairDataModule
+from kvproj.data.facts import FactsConfig
 from kvproj.models import ModelSpec
 from kvproj.module import KVProjectorModule
 
@@ -76,7 +77,7 @@ def _dm(**kwargs) -> KVPairDataModule:
     opts = dict(
         source=ModelSpec("tiny:llama", seed=1),
         target=ModelSpec("tiny:gemma3_text", seed=2),
-        facts=FactsOptions(n_train_entities=200, n_val_entities=40, n_test_entities=40),
+        facts=FactsConfig(n_train_entities=200, n_val_entities=40, n_test_entities=40),
         batch_size=4,
         val_batch_size=4,
         val_examples=8,

@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from kvproj.cache import KVCache, read_cache
+from kvproj.data.facts import FactsConfig
 from kvproj.data.pairs import EncodedExample, PairCodec, SideFormat
 from kvproj.models import LoadedModel, ModelSpec, load_model
 from kvproj.transfer import head_fallback
@@ -27,24 +28,6 @@ log = logging.getLogger(__name__)
 
 PROTOCOLS = ("masked", "shared")
 DATASETS = ("facts", "text")
-
-
-@dataclass
-class FactsOptions:
-    """Synthetic facts corpus (kvproj.data.facts). Args mirror `FactsConfig`."""
-
-    seed: int = 0
-    n_train_entities: int = 3000
-    n_val_entities: int = 200
-    n_test_entities: int = 300
-    facts_per_context: tuple[int, int] = (1, 3)
-    random_value_share: float = 0.5
-    same_relation_distractors: float = 0.2
-
-    def config(self):
-        from kvproj.data.facts import FactsConfig
-
-        return FactsConfig(**{k: getattr(self, k) for k in self.__dataclass_fields__})
 
 
 @dataclass
@@ -204,7 +187,7 @@ class KVPairDataModule(L.LightningDataModule):
         source: ModelSpec = ModelSpec("smollm2-135m-instruct"),
         target: ModelSpec = ModelSpec("gemma3-270m"),
         dataset: str = "facts",
-        facts: FactsOptions = FactsOptions(),
+        facts: FactsConfig = FactsConfig(),
         text: TextOptions = TextOptions(),
         protocol: str = "masked",
         chat_template: bool = False,
@@ -218,7 +201,7 @@ class KVPairDataModule(L.LightningDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__()
-        facts = FactsOptions(**facts) if isinstance(facts, dict) else facts
+        facts = FactsConfig(**facts) if isinstance(facts, dict) else facts
         text = TextOptions(**text) if isinstance(text, dict) else text
         if dataset not in DATASETS:
             raise ValueError(f"data.dataset: got {dataset!r}; valid: {', '.join(DATASETS)}")
@@ -265,9 +248,7 @@ class KVPairDataModule(L.LightningDataModule):
         if self._splits is None:
             from kvproj.data.facts import generate_splits
 
-            self._splits = {
-                k: [e.to_dict() for e in v] for k, v in generate_splits(self.facts_options.config()).items()
-            }
+            self._splits = {k: [e.to_dict() for e in v] for k, v in generate_splits(self.facts_options).items()}
         return self._splits
 
     @property
@@ -300,7 +281,7 @@ class KVPairDataModule(L.LightningDataModule):
                 yield self.text_example(i)
         from kvproj.data.facts import iter_train
 
-        for i, fact in enumerate(iter_train(self.facts_options.config(), start=start), start=start):
+        for i, fact in enumerate(iter_train(self.facts_options, start=start), start=start):
             yield self.text_example(i) if self.is_text(i) else fact.to_dict()
 
     def encode(self, example: dict[str, Any], stream_index: int = -1) -> EncodedExample:
