@@ -140,15 +140,10 @@ class KVProjectorModule(L.LightningModule):
         return out, projected, hidden
 
     # ------------------------------------------------------------------ Lightning hooks
-    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        if self.trainer.training:
-            # the step's clock starts before the frozen models make the caches (on_after_batch_transfer)
-            self._step_started = time.perf_counter()
-        return batch
-
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         max_steps = self.trainer.max_steps if self.trainer.max_steps and self.trainer.max_steps > 0 else None
         self.projector.set_progress(self.global_step / max_steps if max_steps else 0.0, step=self.global_step)
+        self._step_started = time.perf_counter()
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         out, _, _ = self.losses(batch)
@@ -163,7 +158,8 @@ class KVProjectorModule(L.LightningModule):
         return out["loss"]
 
     def on_train_batch_end(self, outputs: Any, batch: dict[str, Any], batch_idx: int) -> None:
-        seconds = time.perf_counter() - self._step_started
+        # the clock started before the frozen models made this batch's caches (datamodule.on_after_batch_transfer)
+        seconds = time.perf_counter() - batch.get("step_started", self._step_started)
         tokens = int(
             batch["source_mask"].sum() + batch["target_prefix_mask"].sum() + batch["continuation_mask"].sum()
         )

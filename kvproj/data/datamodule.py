@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -333,6 +334,7 @@ class KVPairDataModule(L.LightningDataModule):
         return self.pair.add_caches(batch, with_target_cache=self.with_target_cache or not training)
 
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
+        batch["step_started"] = time.perf_counter()  # step time includes the frozen forwards below
         trainer = self.trainer
         if trainer is not None and trainer.training:
             # this batch is the one the model consumes next (prefetching happens before transfer)
