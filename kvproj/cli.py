@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in LIGHTNING_COMMANDS:
         return lightning_main(argv)
     sys.stderr.write(
-        "usage: python -m kvproj {fit,validate,test,predict,zoo,doctor} ...\n"
+        "usage: python -m kvproj {fit,validate,test,predict,evaluate,zoo,doctor} ...\n"
         "  fit [--config configs/RUN.yaml] [--ckpt_path last]   train a projector (default: the offline default run)\n"
         "  validate | test | predict --config ... --ckpt_path last\n"
         "  evaluate --projector DIR [--task facts|lm] [--eval_file F] --output results.json\n"
