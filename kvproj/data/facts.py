@@ -16,6 +16,8 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+from kvproj.data.text import json_objects
+
 SPLITS = ("train", "val", "test", "test_in_distribution")
 EVAL_KEYS = ("context", "question", "answer")
 
@@ -795,31 +797,21 @@ def read_jsonl(path: str | Path) -> list[dict]:
         raise FileNotFoundError(f"eval file {str(path)!r} does not exist")
     rows: list[dict] = []
     seen: dict[str, int] = {}
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise EvalFileError(f"{where}: invalid JSON ({err.msg} at column {err.colno})") from None
-            if not isinstance(row, dict):
-                raise EvalFileError(f"{where}: expected a JSON object, got {type(row).__name__}")
-            for key in EVAL_KEYS:
-                if key not in row:
-                    raise EvalFileError(
-                        f"{where}: missing key {key!r}; each line needs {', '.join(map(repr, EVAL_KEYS))} "
-                        f"('id' optional), got keys {sorted(row)}"
-                    )
-                if not isinstance(row[key], str) or not row[key].strip():
-                    raise EvalFileError(f"{where}: key {key!r} must be a non-empty string, got {row[key]!r}")
-            row_id = str(row.get("id", f"{path.stem}-{lineno}"))
-            if row_id in seen:
-                raise EvalFileError(f"{where}: duplicate id {row_id!r} (first at line {seen[row_id]})")
-            seen[row_id] = lineno
-            row["id"] = row_id
-            rows.append(row)
+    for lineno, where, row in json_objects(path, error=EvalFileError):
+        for key in EVAL_KEYS:
+            if key not in row:
+                raise EvalFileError(
+                    f"{where}: missing key {key!r}; each line needs {', '.join(map(repr, EVAL_KEYS))} "
+                    f"('id' optional), got keys {sorted(row)}"
+                )
+            if not isinstance(row[key], str) or not row[key].strip():
+                raise EvalFileError(f"{where}: key {key!r} must be a non-empty string, got {row[key]!r}")
+        row_id = str(row.get("id", f"{path.stem}-{lineno}"))
+        if row_id in seen:
+            raise EvalFileError(f"{where}: duplicate id {row_id!r} (first at line {seen[row_id]})")
+        seen[row_id] = lineno
+        row["id"] = row_id
+        rows.append(row)
     return rows
 
 

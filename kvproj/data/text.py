@@ -64,26 +64,34 @@ def iter_local_texts(path: str | Path, *, field: str = "text", start: int = 0) -
             yield text
 
 
-def _iter_file(path: Path, field: str) -> Iterator[str]:
+def json_objects(path: Path, error: type[Exception] = ValueError) -> Iterator[tuple[int, str, dict]]:
+    """(line number, "file:line", object) for each non-blank line of a JSONL file; `error` names file:line for
+    invalid JSON or a line that is not an object."""
     with path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
-                continue
-            if path.suffix == ".txt":
-                yield line.rstrip("\r\n")
                 continue
             where = f"{path}:{lineno}"
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
-                raise ValueError(f"{where}: invalid JSON ({err.msg} at column {err.colno})") from None
+                raise error(f"{where}: invalid JSON ({err.msg} at column {err.colno})") from None
             if not isinstance(row, dict):
-                raise ValueError(f"{where}: expected a JSON object with field {field!r}, got {type(row).__name__}")
-            if field not in row:
-                raise ValueError(f"{where}: missing field {field!r} (set `field=` to one of {sorted(row)})")
-            if not isinstance(row[field], str):
-                raise ValueError(f"{where}: field {field!r} must be a string, got {type(row[field]).__name__}")
-            yield row[field]
+                raise error(f"{where}: expected a JSON object, got {type(row).__name__}")
+            yield lineno, where, row
+
+
+def _iter_file(path: Path, field: str) -> Iterator[str]:
+    if path.suffix == ".txt":
+        with path.open(encoding="utf-8") as f:
+            yield from (line.rstrip("\r\n") for line in f if line.strip())
+        return
+    for _, where, row in json_objects(path):
+        if field not in row:
+            raise ValueError(f"{where}: missing field {field!r} (set `field=` to one of {sorted(row)})")
+        if not isinstance(row[field], str):
+            raise ValueError(f"{where}: field {field!r} must be a string, got {type(row[field]).__name__}")
+        yield row[field]
 
 
 # ----------------------------------------------------------------------------------------------------------------
