@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from kvproj.data.datamodule import KVPairDataModule
+from kvproj.pair import FrozenPair
 from kvproj.data.facts import FactsConfig
 from kvproj.models import ModelSpec
 from kvproj.module import KVProjectorModule
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|---|")
     for pair in args.pairs:
         source, target = PAIRS[pair]
-        dm = KVPairDataModule(source=source, target=target, facts=FactsConfig(), batch_size=args.batch_size)
+        dm = KVPairDataModule(pair=FrozenPair(source, target), facts=FactsConfig(), batch_size=args.batch_size)
         stream = dm.iter_examples(0)
         batches = [
             dm.collate([dm.encode(next(stream)) for _ in range(args.batch_size)]) for _ in range(args.steps + 2)

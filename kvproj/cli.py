@@ -10,7 +10,50 @@ from pathlib import Path
 
 EXTRA_COMMANDS = ("zoo", "doctor")
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+# configs/ of the repository, shipped inside the package (kvproj/configs links to it; a wheel holds copies)
+PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+def packaged_config(name: str) -> Path | None:
+    """A config shipped with kvproj by name ("default", "smoke.yaml"), or None."""
+    stem = Path(name).name.removesuffix(".yaml")
+    path = PACKAGED_CONFIGS / f"{stem}.yaml"
+    return path if path.is_file() else None
+
+
+def resolve_configs(argv: list[str]) -> list[str]:
+    """`--config NAME` that is not a file but names a shipped config (`--config smoke`) becomes that file; no
+    `--config` at all means the shipped default run. Fails with a message if neither exists."""
+    out, i = list(argv), 0
+    has_config = False
+    while i < len(out):
+        arg = out[i]
+        value_at = i + 1 if arg in ("--config", "-c") else None
+        if arg.startswith("--config="):
+            value_at, out[i : i + 1] = i + 1, ["--config", arg.split("=", 1)[1]]
+        if value_at is not None and value_at < len(out):
+            has_config = True
+            value = out[value_at]
+            if not Path(value).exists() and (found := packaged_config(value)) is not None:
+                out[value_at] = str(found)
+            elif not Path(value).exists():
+                names = ", ".join(sorted(p.stem for p in PACKAGED_CONFIGS.glob("*.yaml")))
+                raise FileNotFoundError(
+                    f"--config {value}: no such file, and no shipped config of that name ({names})"
+                )
+            i = value_at
+        i += 1
+    if not has_config and not any(
+        a in ("-h", "--help", "--print_config") or a.startswith("--print_config=") for a in out
+    ):
+        default = packaged_config("default")
+        if default is None:
+            raise FileNotFoundError(
+                f"no --config given and the default config is missing from this install ({PACKAGED_CONFIGS}); "
+                "pass --config FILE (see configs/ in the kvproj repository)"
+            )
+        out = [out[0], "--config", str(default), *out[1:]]
+    return out
 
 
 def _setup_logging() -> None:
@@ -67,12 +110,11 @@ def _ckpt_path_arg(argv: list[str]) -> str | None:
 def lightning_main(argv: list[str]) -> int:
     from kvproj.training import KVProjCLI
 
-    if not any(a in ("--config", "-c") or a.startswith("--config=") for a in argv) and not any(
-        a in ("-h", "--help") for a in argv
-    ):
-        # no config given: the offline default run (SmolLM2-135M -> Gemma-3-270m from the zoo)
-        if DEFAULT_CONFIG.is_file():
-            argv = [argv[0], "--config", str(DEFAULT_CONFIG), *argv[1:]]
+    try:
+        argv = resolve_configs(argv)  # no --config: the offline default run (SmolLM2-135M -> Gemma-3-270m)
+    except FileNotFoundError as err:
+        logging.getLogger("kvproj").error("%s", err)
+        return 2
     from kvproj.callbacks.checkpointing import CheckpointError
     from kvproj.callbacks.preemption import EXIT_PREEMPTED, PreemptionHandler
     from kvproj.models import ModelNotFoundError

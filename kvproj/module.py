@@ -1,5 +1,6 @@
 """The LightningModule: a projector trained through the frozen target. Only projector parameters are
-optimized and checkpointed; the frozen models live in the datamodule's `FrozenPair` (linked at instantiation).
+optimized and checkpointed; the frozen models are a `FrozenPair` (kvproj/pair.py) the CLI hands to both this module
+and the datamodule.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ import lightning as L
 import torch
 
 from kvproj.cache import KVCache, forward_with_cache
-from kvproj.data.datamodule import FrozenPair
 from kvproj.losses import answer_cross_entropy, kl_to_oracle, logits_from_hidden, reconstruction
+from kvproj.pair import FrozenPair
 from kvproj.projectors import build_projector
 from kvproj.transfer import CacheTransfer, target_key_norms
 
@@ -22,7 +23,7 @@ class KVProjectorModule(L.LightningModule):
     """Train a per-layer projector from the source's KV cache into the target's.
 
     Args:
-        pair: The frozen models (linked from the datamodule; not part of the config).
+        pair: The frozen models (the CLI builds them from the `pair:` section; not part of this section).
         projector: Architecture name: linear, lowrank, c2c, identity.
         projector_args: Extra init args of the architecture (e.g. {"rank": 64} or {"hidden": 512}).
         layer_map: "proportional", "terminal" or one source layer index per target layer.
@@ -60,8 +61,12 @@ class KVProjectorModule(L.LightningModule):
     ) -> None:
         super().__init__()
         if pair is None:
-            raise ValueError("KVProjectorModule needs the frozen model pair (linked from data.pair by the CLI)")
-        for name, w in (("answer_weight", answer_weight), ("kl_weight", kl_weight)):
+            raise ValueError("KVProjectorModule needs the frozen model pair (the CLI builds it from `pair:`)")
+        for name, w in (
+            ("answer_weight", answer_weight),
+            ("kl_weight", kl_weight),
+            ("reconstruction_weight", reconstruction_weight),
+        ):
             if w < 0:
                 raise ValueError(f"model.{name}: must be >= 0, got {w}")
         if answer_weight + kl_weight + reconstruction_weight <= 0:
@@ -73,7 +78,6 @@ class KVProjectorModule(L.LightningModule):
             **(projector_args or {}),
         )  # fmt: skip
         self.transfer = CacheTransfer(proj, target_key_norms(pair.target.model))
-        self.needs_target_cache = mode == "fuse" or kl_weight > 0 or reconstruction_weight > 0
         self._step_started = 0.0
 
     @property
@@ -81,15 +85,12 @@ class KVProjectorModule(L.LightningModule):
         return self.transfer.projector
 
     # ------------------------------------------------------------------ the pieces
-    def setup(self, stage: str) -> None:
-        dm = getattr(self.trainer, "datamodule", None)
-        if dm is not None:
-            # in training only when a loss needs it; evaluation always makes it (it scores the oracle)
-            dm.with_target_cache = self.needs_target_cache
-            if self.hparams.mode == "fuse" and dm.protocol != "shared":
-                raise ValueError(
-                    "model.mode 'fuse' needs data.protocol 'shared' (the target must read the context)"
-                )
+    def target_cache(self, batch: dict[str, Any]) -> KVCache:
+        """The target's own cache of the prefix: made by the datamodule when the protocol or evaluation needs it,
+        otherwise here, once per batch, when a loss needs it."""
+        if batch.get("target_cache") is None:
+            batch["target_cache"] = self.pair.target_cache(batch)
+        return batch["target_cache"]
 
     def project(self, batch: dict[str, Any]) -> KVCache:
         return self.transfer(
@@ -97,7 +98,7 @@ class KVProjectorModule(L.LightningModule):
             batch["align_index"],
             batch["target_prefix_mask"],
             fallback=batch.get("target_head"),
-            target_base=batch.get("target_cache") if self.hparams.mode == "fuse" else None,
+            target_base=self.target_cache(batch) if self.hparams.mode == "fuse" else None,
         )
 
     def continuation_hidden(self, prefix: KVCache, batch: dict[str, Any]) -> torch.Tensor:
@@ -125,7 +126,7 @@ class KVProjectorModule(L.LightningModule):
             total = total + hp.answer_weight * out["answer_ce"]
         if hp.kl_weight > 0:
             with torch.no_grad():
-                oracle_hidden = self.continuation_hidden(batch["target_cache"], batch)
+                oracle_hidden = self.continuation_hidden(self.target_cache(batch), batch)
             mask = batch["continuation_mask"][:, 1:].bool()  # every continuation token after the first
             student = logits_from_hidden(target, hidden[:, :-1][mask])
             with torch.no_grad():
@@ -134,7 +135,7 @@ class KVProjectorModule(L.LightningModule):
             total = total + hp.kl_weight * out["kl"]
         if hp.reconstruction_weight > 0:
             valid = batch["target_prefix_mask"].bool() & (batch["align_index"] >= 0)
-            out["reconstruction"], _, _ = reconstruction(projected, batch["target_cache"], valid)
+            out["reconstruction"], _, _ = reconstruction(projected, self.target_cache(batch), valid)
             total = total + hp.reconstruction_weight * out["reconstruction"]
         out["loss"] = total
         return out, projected, hidden
@@ -174,14 +175,14 @@ class KVProjectorModule(L.LightningModule):
         bs = batch["continuation_ids"].shape[0]
         labels = batch["labels"]
         self.log(f"{stage}/loss", out.get("answer_ce", out["loss"]), prog_bar=True, batch_size=bs)
-        text_hidden = self.continuation_hidden(batch["target_cache"], batch)
+        text_hidden = self.continuation_hidden(self.target_cache(batch), batch)
         self.log(f"{stage}/loss_text", answer_cross_entropy(target, text_hidden, labels), batch_size=bs)
         head = self.head_only(batch)
         if head is not None:
             alone = self.continuation_hidden(head, batch)
             self.log(f"{stage}/loss_no_context", answer_cross_entropy(target, alone, labels), batch_size=bs)
         valid = batch["target_prefix_mask"].bool() & (batch["align_index"] >= 0)
-        _, cos_k, cos_v = reconstruction(projected, batch["target_cache"], valid)
+        _, cos_k, cos_v = reconstruction(projected, self.target_cache(batch), valid)
         self.log(f"{stage}/cos_keys_mean", sum(cos_k) / len(cos_k), batch_size=bs)
         self.log(f"{stage}/cos_values_mean", sum(cos_v) / len(cos_v), batch_size=bs)
         for t, (ck, cv) in enumerate(zip(cos_k, cos_v)):

@@ -38,7 +38,7 @@ def ridge_init(module: Any, datamodule: Any, batches: int | None = None, lam: fl
     hp = module.hparams
     batches = batches or hp.ridge_batches
     lam = hp.ridge_lambda if lam is None else lam
-    pair = datamodule.pair
+    pair = module.pair
     device = module.device
     pair.to(device)
     target = pair.target.model

@@ -20,6 +20,7 @@ from kvproj.callbacks.memory import MemoryWatch
 from kvproj.callbacks.preemption import FaultInjection, PreemptionHandler
 from kvproj.data.datamodule import KVPairDataModule
 from kvproj.module import KVProjectorModule
+from kvproj.pair import FrozenPair
 
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -75,7 +76,18 @@ class KVProjCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_class_arguments(RunOptions, "run")
-        parser.link_arguments("data.pair", "model.pair", apply_on="instantiate")
+        # the frozen models: built once from `pair:` and handed to both the datamodule and the module
+        parser.add_class_arguments(FrozenPair, "pair")
+        parser.link_arguments("pair", "data.pair", apply_on="instantiate")
+        parser.link_arguments("pair", "model.pair", apply_on="instantiate")
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        mode, protocol = config["model"]["mode"], config["data"]["protocol"]
+        if mode == "fuse" and protocol != "shared":
+            raise ValueError(
+                f"model.mode 'fuse' needs data.protocol 'shared' (the target must read the context), got {protocol!r}"
+            )
 
     def before_fit(self) -> None:
         ckpt = self.config["fit"].get("ckpt_path")

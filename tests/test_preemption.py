@@ -70,7 +70,7 @@ def test_truncated_and_foreign_checkpoints_are_refused(tmp_path):
     proc = fit(tmp_path / "b", "--ckpt_path", str(truncated))
     assert proc.returncode == 1
     assert "truncated.ckpt: cannot be read as a checkpoint" in proc.stderr
-    proc = fit(tmp_path / "c", "--ckpt_path", str(last), "--data.target.name", "tiny:qwen2")
+    proc = fit(tmp_path / "c", "--ckpt_path", str(last), "--pair.target.name", "tiny:qwen2")
     assert proc.returncode == 1
     assert "made for tiny:llama -> tiny:gemma3_text" in proc.stderr and "target geometry" in proc.stderr
 
@@ -78,7 +78,7 @@ def test_truncated_and_foreign_checkpoints_are_refused(tmp_path):
 def test_bad_inputs_get_messages_and_nonzero_exits(tmp_path):
     proc = fit(tmp_path, "--model.no_such_key", "1")
     assert proc.returncode == 2 and "no_such_key" in proc.stderr
-    proc = fit(tmp_path, "--data.source.name", "tiny:bert")
+    proc = fit(tmp_path, "--pair.source.name", "tiny:bert")
     assert proc.returncode == 1 and "unknown tiny family" in proc.stderr
     proc = fit(tmp_path, "--model.layer_map", "[0, 0, 0, 9]")
     assert proc.returncode == 1 and "target layer 3 maps to source layer 9" in proc.stderr

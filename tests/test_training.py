@@ -17,6 +17,7 @@ from kvproj.data.datamodule import KVPairDataModule
 from kvproj.data.facts import FactsConfig
 from kvproj.models import ModelSpec
 from kvproj.module import KVProjectorModule
+from kvproj.pair import FrozenPair
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
@@ -73,10 +74,9 @@ def test_every_config_parses(config):
     assert "python -m kvproj" in config.read_text().split("\nrun:")[0]  # ... and how to run it
 
 
-def _dm(**kwargs) -> KVPairDataModule:
+def _dm(source=ModelSpec("tiny:llama", seed=1), target=ModelSpec("tiny:gemma3_text", seed=2), **kwargs):
     opts = dict(
-        source=ModelSpec("tiny:llama", seed=1),
-        target=ModelSpec("tiny:gemma3_text", seed=2),
+        pair=FrozenPair(source, target),
         facts=FactsConfig(n_train_entities=200, n_val_entities=40, n_test_entities=40),
         batch_size=4,
         val_batch_size=4,
@@ -121,7 +121,6 @@ def test_text_mix_and_lm_examples(tmp_path):
     assert ex["question"] == "" and ex["context"] and ex["answer"]
     batch = _batch(dm)
     module = KVProjectorModule(pair=dm.pair, answer_weight=1.0, kl_weight=0.5)
-    dm.with_target_cache = True
     batch = _batch(dm)
     out, _, _ = module.losses(batch)
     assert torch.isfinite(out["loss"]) and out["kl"] >= 0

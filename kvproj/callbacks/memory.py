@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 
 OOM_ADVICE = (
     "CUDA ran out of memory. Lower data.batch_size (or raise trainer.accumulate_grad_batches to keep the effective "
-    "batch), lower data.max_context_tokens, load the frozen models in 4-bit (data.target.quantization: 4bit), or "
+    "batch), lower data.max_context_tokens, load the frozen models in 4-bit (pair.target.quantization: 4bit), or "
     "use trainer.precision bf16-mixed. The last periodic checkpoint is kept; resume with --ckpt_path last."
 )
 

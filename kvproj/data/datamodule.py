@@ -1,8 +1,14 @@
 """The LightningDataModule: streams (source cache, target prefix) pairs made on the fly by the frozen models.
 
-Text -> token pairs happens in the DataLoader (CPU); the frozen models run in `on_after_batch_transfer`, in the
-main process on the training device (never in forked workers). The stream position of the batch the model
-actually consumed is recorded there too, and saved in checkpoints for exact resume.
+Text -> token pairs happens in the DataLoader (CPU, optionally in workers); the frozen models (a `FrozenPair`
+from kvproj/pair.py, handed in, never built here) run in `on_after_batch_transfer`, in the main process on the
+training device. The stream position of the batch the model actually consumed is recorded there too, and saved
+in checkpoints for exact resume.
+
+Sharding: the training stream is cut into global batches of `batch_size x world_size` consecutive examples;
+rank r takes the r-th `batch_size` slice of each, and DataLoader worker w of a rank builds the global batches
+g with g % num_workers == w. Worker batches come back in order, so after global batch g every rank has consumed
+exactly the first (g + 1) x batch_size x world_size examples: resume stays exact with workers and DDP.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
+import random
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -17,13 +24,11 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from kvproj.cache import KVCache, read_cache
 from kvproj.data.facts import FactsConfig
-from kvproj.data.pairs import EncodedExample, PairCodec, SideFormat
-from kvproj.models import LoadedModel, ModelSpec, load_model
-from kvproj.transfer import head_fallback
+from kvproj.data.pairs import EncodedExample
+from kvproj.pair import FrozenPair
 
 log = logging.getLogger(__name__)
 
@@ -76,66 +81,6 @@ def load_texts(options: TextOptions) -> list[str]:
     return [t for t in itertools.islice(itertools.chain(*streams), options.max_texts) if t.strip()]
 
 
-class FrozenPair:
-    """The frozen source and target models with their prompt formats; held outside any nn.Module so that
-    their weights never enter a checkpoint."""
-
-    def __init__(self, source: LoadedModel, target: LoadedModel, chat_template: bool, question_template: str):
-        self.source, self.target = source, target
-        self.source_format = SideFormat.build(source.tokenizer, chat_template, question_template)
-        self.target_format = SideFormat.build(target.tokenizer, chat_template, question_template)
-        self._head: KVCache | None = None
-
-    def to(self, device: torch.device) -> FrozenPair:
-        for side in (self.source, self.target):
-            if side.device != device and not getattr(side.model, "is_quantized", False):
-                side.model.to(device)
-        self._head = None
-        return self
-
-    @torch.no_grad()
-    def target_head(self) -> KVCache | None:
-        """The target's own cache of its head (BOS / chat opening), computed once per device."""
-        if not self.target_format.head_ids:
-            return None
-        if self._head is None or self._head.keys[0].device != self.target.device:
-            ids = torch.tensor([self.target_format.head_ids], device=self.target.device)
-            self._head = read_cache(self.target.model, ids, geometry=self.target.geometry)
-        return self._head
-
-    def head_only(self, batch_size: int) -> KVCache | None:
-        """A prefix of the target's own head alone (no context): the floor. None if the target has no head."""
-        head = self.target_head()
-        if head is None:
-            return None
-        return KVCache(
-            [k.expand(batch_size, -1, -1, -1) for k in head.keys],
-            [v.expand(batch_size, -1, -1, -1) for v in head.values],
-            attention_mask=head.attention_mask.expand(batch_size, -1),
-            positions=head.positions.expand(batch_size, -1),
-            geometry=head.geometry,
-        )
-
-    @torch.no_grad()
-    def add_caches(self, batch: dict[str, Any], with_target_cache: bool = True) -> dict[str, Any]:
-        """Run the frozen models on a collated batch (on its device): the source cache of the context, the
-        target-native head as fallback, and the target's own cache of the prefix (the oracle) if asked."""
-        self.to(batch["source_ids"].device)
-        batch["source_cache"] = read_cache(
-            self.source.model, batch["source_ids"], batch["source_mask"], geometry=self.source.geometry
-        )
-        head = self.target_head()
-        batch["target_head"] = head_fallback(head, batch["target_prefix_mask"]) if head is not None else None
-        if with_target_cache:
-            batch["target_cache"] = read_cache(
-                self.target.model,
-                batch["target_prefix_ids"],
-                batch["target_prefix_mask"],
-                geometry=self.target.geometry,
-            )
-        return batch
-
-
 def _rank_world() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
@@ -147,6 +92,14 @@ def _uniform(seed: int, index: int, salt: str) -> float:
     return int.from_bytes(digest, "big") / 2**64
 
 
+def shard_indices(start: int, batch_size: int, rank: int, world: int, worker: int, workers: int) -> Iterator[int]:
+    """Stream indices one (rank, worker) builds, in order (see the module docstring for the layout)."""
+    per_global = batch_size * world
+    for g in itertools.count(worker, max(workers, 1)):
+        first = start + g * per_global + rank * batch_size
+        yield from range(first, first + batch_size)
+
+
 class _ExampleStream(IterableDataset):
     """Endless deterministic training stream from index `start`: example i is a pure function of (seed, i)."""
 
@@ -155,29 +108,29 @@ class _ExampleStream(IterableDataset):
 
     def __iter__(self) -> Iterator[EncodedExample]:
         rank, world = _rank_world()
-        for i, example in enumerate(self.dm.iter_examples(self.start), start=self.start):
-            if (i - self.start) % world == rank:  # DDP: each rank reads its own share of the one stream
-                yield self.dm.encode(example, stream_index=i)
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        for i in shard_indices(self.start, self.dm.batch_size, rank, world, worker, workers):
+            yield self.dm.encode(self.dm.example_at(i), stream_index=i)
 
 
 class KVPairDataModule(L.LightningDataModule):
     """Paired source/target KV caches streamed from text.
 
     Args:
-        source: The frozen model whose cache is projected.
-        target: The frozen model that receives the projected cache.
+        pair: The frozen source and target with their prompt formats (the CLI builds it from the `pair:` section
+            and hands the same object to the model).
         dataset: "facts" (synthetic facts, question answering; the default) or "text" (language modelling on
             general text: the context is the first part of a text, the answer the rest).
         facts: Options of the synthetic facts corpus.
         text: Text sources (for dataset "text", or mixed into "facts" with text.share).
         protocol: "masked" (the target never sees the context: the projected cache stands in for it) or
             "shared" (the target reads the context too; the projection fuses into its own cache).
-        chat_template: Wrap context + question in each model's chat template (instruct models).
-        question_template: Plain-format text after the context; must contain "{question}".
         answer_template: How the answer follows; must contain "{answer}".
         batch_size: Training examples per step.
         val_batch_size: Validation examples per batch.
-        val_examples: Held-out validation examples (entities never seen in training).
+        val_examples: Held-out validation examples (facts: entities never seen in training; text: a seeded
+            slice of the texts that training never reads, and another one of the same size for test).
         max_context_tokens: Keep at most this many target context tokens (the end of the context).
         lm_context_fraction: For text examples, the share of characters that forms the context.
         num_workers: DataLoader workers for tokenization (the models never run in workers).
@@ -185,14 +138,11 @@ class KVPairDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        source: ModelSpec = ModelSpec("smollm2-135m-instruct"),
-        target: ModelSpec = ModelSpec("gemma3-270m"),
+        pair: FrozenPair | None = None,
         dataset: str = "facts",
         facts: FactsConfig = FactsConfig(),
         text: TextOptions = TextOptions(),
         protocol: str = "masked",
-        chat_template: bool = False,
-        question_template: str = "\nQuestion: {question}\nAnswer:",
         answer_template: str = " {answer}",
         batch_size: int = 16,
         val_batch_size: int = 16,
@@ -208,40 +158,36 @@ class KVPairDataModule(L.LightningDataModule):
             raise ValueError(f"data.dataset: got {dataset!r}; valid: {', '.join(DATASETS)}")
         if protocol not in PROTOCOLS:
             raise ValueError(f"data.protocol: got {protocol!r}; valid: {', '.join(PROTOCOLS)}")
-        if "{question}" not in question_template:
-            raise ValueError(f"data.question_template must contain '{{question}}', got {question_template!r}")
+        if pair is None:
+            raise ValueError("KVPairDataModule needs the frozen pair (the CLI builds it from the `pair:` section)")
         if "{answer}" not in answer_template:
             raise ValueError(f"data.answer_template must contain '{{answer}}', got {answer_template!r}")
-        for name, value in (("batch_size", batch_size), ("val_batch_size", val_batch_size)):
+        for name, value in (
+            ("batch_size", batch_size),
+            ("val_batch_size", val_batch_size),
+            ("val_examples", val_examples),
+            ("max_context_tokens", max_context_tokens),
+        ):
             if value < 1:
                 raise ValueError(f"data.{name}: must be >= 1, got {value}")
+        if num_workers < 0:
+            raise ValueError(f"data.num_workers: must be >= 0, got {num_workers}")
+        if not 0.0 < lm_context_fraction < 1.0:
+            raise ValueError(f"data.lm_context_fraction: must be in (0, 1), got {lm_context_fraction}")
         if not 0.0 <= text.share <= 1.0:
             raise ValueError(f"data.text.share: must be in [0, 1], got {text.share}")
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["pair"])
         self.dataset, self.protocol = dataset, protocol
         self.facts_options, self.text_options = facts, text
         self.answer_template, self.max_context_tokens = answer_template, max_context_tokens
         self.lm_context_fraction = lm_context_fraction
         self.batch_size, self.val_batch_size, self.val_examples = batch_size, val_batch_size, val_examples
         self.num_workers = num_workers
-        self.pair = FrozenPair(
-            load_model(source if isinstance(source, ModelSpec) else ModelSpec(**source)),
-            load_model(target if isinstance(target, ModelSpec) else ModelSpec(**target)),
-            chat_template,
-            question_template,
-        )
-        self.codec = PairCodec(
-            self.pair.source.tokenizer,
-            self.pair.target.tokenizer,
-            self.pair.source_format,
-            self.pair.target_format,
-            answer_template=answer_template,
-            max_context_tokens=max_context_tokens,
-        )
-        self.with_target_cache = protocol == "shared"  # the module may also ask for it (reconstruction loss)
+        self.pair = pair
+        self.codec = pair.codec(answer_template=answer_template, max_context_tokens=max_context_tokens)
         self.consumed = 0  # training examples the model has consumed (exact resume)
         self._splits: dict[str, list[dict]] | None = None
-        self._texts: list[str] | None = None
+        self._text_splits: dict[str, list[str]] | None = None
 
     # ------------------------------------------------------------------ examples
     @property
@@ -253,37 +199,57 @@ class KVPairDataModule(L.LightningDataModule):
         return self._splits
 
     @property
-    def texts(self) -> list[str]:
-        if self._texts is None:
-            self._texts = load_texts(self.text_options)
-            if not self._texts:
+    def text_splits(self) -> dict[str, list[str]]:
+        """The texts split once, by seed, into disjoint train / val / test lists (duplicates removed first, so no
+        held-out text is also a training text): val and test take `val_examples` texts each, train the rest."""
+        if self._text_splits is None:
+            texts = list(dict.fromkeys(load_texts(self.text_options)))
+            if not texts:
                 raise ValueError(
                     "data.text: no texts found (files, hf_dataset and sampled are all empty or gave nothing); "
                     "set data.text.files to a .txt/.jsonl file or data.text.sampled to make a corpus"
                 )
-        return self._texts
+            n = self.val_examples
+            if len(texts) < 2 * n + 1:
+                raise ValueError(
+                    f"data.text: {len(texts)} distinct texts, but validation and test hold out data.val_examples="
+                    f"{n} each and training needs at least one more; add texts or lower data.val_examples"
+                )
+            order = list(range(len(texts)))
+            random.Random(f"text-split/{self.facts_options.seed}").shuffle(order)
+            val, test = sorted(order[:n]), sorted(order[n : 2 * n])
+            held = set(val) | set(test)
+            self._text_splits = {
+                "train": [t for i, t in enumerate(texts) if i not in held],
+                "val": [texts[i] for i in val],
+                "test": [texts[i] for i in test],
+            }
+        return self._text_splits
 
-    def text_example(self, i: int) -> dict[str, Any]:
-        texts = self.texts
+    def text_example(self, i: int, split: str = "train") -> dict[str, Any]:
+        texts = self.text_splits[split]
         text = texts[i % len(texts)]
         cut = int(len(text) * self.lm_context_fraction)
         space = text.rfind(" ", 0, cut)
         cut = space if space > 0 else cut
-        return {"id": f"text-{i}", "context": text[:cut], "question": "", "answer": text[cut:].lstrip()}
+        return {"id": f"text-{split}-{i}", "context": text[:cut], "question": "", "answer": text[cut:].lstrip()}
 
     def is_text(self, i: int) -> bool:
         share = 1.0 if self.dataset == "text" else self.text_options.share
         return share > 0 and _uniform(self.facts_options.seed, i, "text") < share
 
-    def iter_examples(self, start: int = 0) -> Iterator[dict[str, Any]]:
-        """The training stream from example `start` (deterministic: example i depends on (seed, i) only)."""
-        if self.dataset == "text":
-            for i in itertools.count(start):
-                yield self.text_example(i)
-        from kvproj.data.facts import iter_train
+    def example_at(self, i: int) -> dict[str, Any]:
+        """Training example i of the stream (deterministic: a pure function of (seed, i))."""
+        if self.dataset == "text" or self.is_text(i):
+            return self.text_example(i)
+        from kvproj.data.facts import train_example
 
-        for i, fact in enumerate(iter_train(self.facts_options, start=start), start=start):
-            yield self.text_example(i) if self.is_text(i) else fact.to_dict()
+        return train_example(self.facts_options, i).to_dict()
+
+    def iter_examples(self, start: int = 0) -> Iterator[dict[str, Any]]:
+        """The training stream from example `start`."""
+        for i in itertools.count(start):
+            yield self.example_at(i)
 
     def encode(self, example: dict[str, Any], stream_index: int = -1) -> EncodedExample:
         return self.codec.encode(example, stream_index=stream_index)
@@ -293,7 +259,7 @@ class KVPairDataModule(L.LightningDataModule):
 
     def val_raw(self) -> list[dict]:
         if self.dataset == "text":
-            return [self.text_example(10_000_000 + i) for i in range(self.val_examples)]
+            return [self.text_example(i, "val") for i in range(self.val_examples)]
         return self.splits["val"][: self.val_examples]
 
     # ------------------------------------------------------------------ loaders
@@ -310,12 +276,14 @@ class KVPairDataModule(L.LightningDataModule):
         encoded = [self.encode(e, stream_index=i) for i, e in enumerate(self.val_raw())]
         if not encoded:
             raise ValueError("data.val_examples: the validation set is empty; set data.val_examples >= 1")
+        # already encoded in the main process: workers would only copy them (and repeat nothing: a map-style
+        # dataset is split by index)
         return DataLoader(encoded, batch_size=self.val_batch_size, collate_fn=self.collate, shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
-        """Held-out facts (entities and values never seen in training); text: a later slice of the texts."""
+        """Held-out facts (entities and values never seen in training); text: the held-out test texts."""
         raw = (
-            [self.text_example(20_000_000 + i) for i in range(self.val_examples)]
+            [self.text_example(i, "test") for i in range(self.val_examples)]
             if self.dataset == "text"
             else self.splits["test"]
         )
@@ -330,8 +298,10 @@ class KVPairDataModule(L.LightningDataModule):
         return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
     def add_caches(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Training makes the target's own cache only when the protocol needs it (shared context); the module
+        asks the pair for it itself when a loss needs it. Evaluation always makes it (it scores the oracle)."""
         training = self.trainer is not None and self.trainer.training
-        return self.pair.add_caches(batch, with_target_cache=self.with_target_cache or not training)
+        return self.pair.add_caches(batch, with_target_cache=self.protocol == "shared" or not training)
 
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
         batch["step_started"] = time.perf_counter()  # step time includes the frozen forwards below
@@ -339,8 +309,9 @@ class KVPairDataModule(L.LightningDataModule):
         if trainer is not None and trainer.training:
             # this batch is the one the model consumes next (prefetching happens before transfer)
             rank, world = _rank_world()
-            # the stream is shared round-robin by the ranks: after this batch, every rank has consumed up to here
-            self.consumed = int(batch["stream_index"].max().item()) - rank + world
+            # global batch g spans [start + g*B*world, start + (g+1)*B*world); this rank holds slice `rank`
+            last = int(batch["stream_index"].max().item())
+            self.consumed = last + 1 + (world - 1 - rank) * len(batch["ids"])
         return self.add_caches(batch)
 
     def state_dict(self) -> dict[str, Any]:

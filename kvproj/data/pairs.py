@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 from kvproj.align import align
 
@@ -45,8 +46,8 @@ class SideFormat:
             return cls(head_ids=head_ids, middle=middle, tail=tail)
         if chat_template:
             raise ValueError(
-                f"data.chat_template: true, but the tokenizer {type(tokenizer).__name__} has no chat template; "
-                "set data.chat_template: false for base models"
+                f"pair.chat_template: true, but the tokenizer {type(tokenizer).__name__} has no chat template; "
+                "set pair.chat_template: false for base models"
             )
         bos = tokenizer.bos_token_id
         before, after = question_template.split("{question}")
@@ -124,21 +125,17 @@ def encode_example(
     )
 
 
-def _pad(rows: list[list[int]], value: int, left: bool) -> torch.Tensor:
-    width = max((len(r) for r in rows), default=0)
-    out = torch.full((len(rows), width), value, dtype=torch.long)
-    for i, r in enumerate(rows):
-        if not r:
-            continue
-        if left:
-            out[i, width - len(r) :] = torch.tensor(r)
-        else:
-            out[i, : len(r)] = torch.tensor(r)
-    return out
+def pad_rows(rows: list[list[int]], value: int, left: bool) -> torch.Tensor:
+    """Token-id rows -> one [B, T] long tensor, padded with `value` on the left (prefixes) or right."""
+    tensors = [torch.tensor(r, dtype=torch.long) for r in rows]
+    if not tensors:
+        return torch.empty((0, 0), dtype=torch.long)
+    return pad_sequence(tensors, batch_first=True, padding_value=value, padding_side="left" if left else "right")
 
 
-def _mask(rows: list[list[int]], left: bool) -> torch.Tensor:
-    return _pad([[1] * len(r) for r in rows], 0, left)
+def mask_rows(rows: list[list[int]], left: bool) -> torch.Tensor:
+    """The attention mask (1 = real token) of `pad_rows(rows, ..., left)`."""
+    return pad_rows([[1] * len(r) for r in rows], 0, left)
 
 
 def collate(examples: list[EncodedExample], source_pad_id: int, target_pad_id: int) -> dict[str, Any]:
@@ -146,7 +143,7 @@ def collate(examples: list[EncodedExample], source_pad_id: int, target_pad_id: i
     questions alone left-padded for generation. align_index is shifted into padded source coordinates.
     """
     source_rows = [e.source_ids for e in examples]
-    source_ids = _pad(source_rows, source_pad_id, left=True)
+    source_ids = pad_rows(source_rows, source_pad_id, left=True)
     offsets = [source_ids.shape[1] - len(r) for r in source_rows]
     index_rows = [[i + off if i >= 0 else -1 for i in e.align_index] for e, off in zip(examples, offsets)]
     questions = [e.continuation_ids[: e.question_len] for e in examples]
@@ -155,16 +152,15 @@ def collate(examples: list[EncodedExample], source_pad_id: int, target_pad_id: i
         "answers": [e.answer for e in examples],
         "stream_index": torch.tensor([e.stream_index for e in examples], dtype=torch.long),
         "source_ids": source_ids,
-        "source_mask": _mask(source_rows, left=True),
-        "target_prefix_ids": _pad([e.target_prefix_ids for e in examples], target_pad_id, left=True),
-        "target_prefix_mask": _mask([e.target_prefix_ids for e in examples], left=True),
-        "align_index": _pad(index_rows, -1, left=True),
-        "continuation_ids": _pad([e.continuation_ids for e in examples], target_pad_id, left=False),
-        "continuation_mask": _mask([e.continuation_ids for e in examples], left=False),
-        "labels": _pad([e.labels for e in examples], -100, left=False),
-        "question_ids": _pad(questions, target_pad_id, left=True),
-        "question_mask": _mask(questions, left=True),
-        "one_to_one": torch.tensor([e.one_to_one for e in examples]),
+        "source_mask": mask_rows(source_rows, left=True),
+        "target_prefix_ids": pad_rows([e.target_prefix_ids for e in examples], target_pad_id, left=True),
+        "target_prefix_mask": mask_rows([e.target_prefix_ids for e in examples], left=True),
+        "align_index": pad_rows(index_rows, -1, left=True),
+        "continuation_ids": pad_rows([e.continuation_ids for e in examples], target_pad_id, left=False),
+        "continuation_mask": mask_rows([e.continuation_ids for e in examples], left=False),
+        "labels": pad_rows([e.labels for e in examples], -100, left=False),
+        "question_ids": pad_rows(questions, target_pad_id, left=True),
+        "question_mask": mask_rows(questions, left=True),
     }
 
 

@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 
 from kvproj.cache import KVCache, forward_with_cache, generate_with_cache, read_cache
-from kvproj.data.datamodule import FrozenPair
-from kvproj.data.pairs import PairCodec, _mask, _pad
+from kvproj.data.pairs import PairCodec, mask_rows, pad_rows
 from kvproj.eval import metrics
 from kvproj.losses import logits_from_hidden
+from kvproj.pair import FrozenPair
 from kvproj.transfer import CacheTransfer
 
 log = logging.getLogger(__name__)
@@ -150,8 +150,8 @@ class FactsEvaluator:
         prompt_ids = src.tokenizer(self.settings.hint_prompt, add_special_tokens=False).input_ids
         ids = [list(self.codec.encode(e).source_ids) + prompt_ids for e in raw]
         device = src.device
-        input_ids = _pad(ids, src.tokenizer.pad_token_id, left=True).to(device)
-        mask = _mask(ids, left=True).to(device)
+        input_ids = pad_rows(ids, src.tokenizer.pad_token_id, left=True).to(device)
+        mask = mask_rows(ids, left=True).to(device)
         out = src.model.generate(
             input_ids=input_ids,
             attention_mask=mask,
@@ -165,8 +165,8 @@ class FactsEvaluator:
         tgt = self.pair.target
         head = self.pair.target_format.head_ids
         rows = [head + tgt.tokenizer(h or ".", add_special_tokens=False).input_ids for h in hints]
-        prefix_ids = _pad(rows, tgt.tokenizer.pad_token_id, left=True).to(tgt.device)
-        prefix_mask = _mask(rows, left=True).to(tgt.device)
+        prefix_ids = pad_rows(rows, tgt.tokenizer.pad_token_id, left=True).to(tgt.device)
+        prefix_mask = mask_rows(rows, left=True).to(tgt.device)
         return read_cache(tgt.model, prefix_ids, prefix_mask, geometry=tgt.geometry), hints
 
     def _prefix(
@@ -231,7 +231,7 @@ class FactsEvaluator:
 
         def run():
             prefix = read_cache(src.model, batch["source_ids"], batch["source_mask"], geometry=src.geometry)
-            q_ids, q_mask = _pad(questions, tok.pad_token_id, True).to(dev), _mask(questions, True).to(dev)
+            q_ids, q_mask = pad_rows(questions, tok.pad_token_id, True).to(dev), mask_rows(questions, True).to(dev)
             new = generate_with_cache(
                 src.model, prefix, q_ids, q_mask, max_new_tokens=self.settings.max_new_tokens
             )
@@ -240,9 +240,9 @@ class FactsEvaluator:
         (prefix, new), seconds = self._timed(run)  # noqa: B023
         cont = [q + a for q, a in zip(questions, answers)]
         labels = [[-100] * len(q) + a for q, a in zip(questions, answers)]
-        c_ids, c_mask = _pad(cont, tok.pad_token_id, False).to(dev), _mask(cont, False).to(dev)
+        c_ids, c_mask = pad_rows(cont, tok.pad_token_id, False).to(dev), mask_rows(cont, False).to(dev)
         hidden = forward_with_cache(src.model, prefix, c_ids, c_mask, return_hidden=True)
-        nll, _, _ = _answer_scores(src.model, hidden, _pad(labels, -100, False).to(dev))
+        nll, _, _ = _answer_scores(src.model, hidden, pad_rows(labels, -100, False).to(dev))
         scores.generated += tok.batch_decode(new, skip_special_tokens=True)
         scores.prompts += [e["context"] + fmt.middle + e["question"] + fmt.tail for e in raw]
         scores.nll += nll.tolist()

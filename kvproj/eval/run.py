@@ -12,15 +12,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from kvproj.data.datamodule import FrozenPair
-from kvproj.data.pairs import PairCodec
 from kvproj.eval.facts import CONDITIONS, EvalSettings, FactsEvaluator
-from kvproj.models import ModelSpec, load_model
-from kvproj.projectors import build_projector
-from kvproj.projectors.io import load_projector, read_config
-from kvproj.transfer import CacheTransfer, target_key_norms
+from kvproj.pair import load_transfer
 
 log = logging.getLogger(__name__)
 TASKS = ("facts", "lm")
@@ -65,41 +58,10 @@ def _lm_example(i: int, text: str) -> dict[str, Any]:
 def build_evaluator(
     projector_dir: str | Path, device: str | None, settings: EvalSettings
 ) -> tuple[FactsEvaluator, dict[str, Any]]:
-    config = read_config(projector_dir)
-    specs = {}
-    for side in ("source", "target"):
-        spec = dict(config[side]["spec"])
-        if device:
-            spec["device"] = device
-        specs[side] = ModelSpec(**spec)
-    data = config.get("data", {})
-    source, target = load_model(specs["source"]), load_model(specs["target"])
-    projector, _ = load_projector(projector_dir, source.geometry, target.geometry)
-    projector.to(target.device)
-    pair = FrozenPair(
-        source,
-        target,
-        data.get("chat_template", False),
-        data.get("question_template", "\nQuestion: {question}\nAnswer:"),
-    )
-    codec = PairCodec(
-        source.tokenizer,
-        target.tokenizer,
-        pair.source_format,
-        pair.target_format,
-        answer_template=data.get("answer_template", " {answer}"),
-        max_context_tokens=data.get("max_context_tokens"),
-    )
-    norms = target_key_norms(target.model)
-    untrained = None
-    if "untrained" in settings.conditions:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(settings.seed)
-            fresh = build_projector(
-                config["architecture"], source.geometry, target.geometry, **config["init_args"]
-            )
-        untrained = CacheTransfer(fresh.to(target.device).eval(), norms)
-    return FactsEvaluator(pair, codec, CacheTransfer(projector, norms), untrained, settings), config
+    trained = load_transfer(projector_dir, device=device)
+    untrained = trained.untrained(settings.seed) if "untrained" in settings.conditions else None
+    evaluator = FactsEvaluator(trained.pair, trained.codec, trained.transfer, untrained, settings)
+    return evaluator, trained.config
 
 
 def _atomic_write(path: Path, text: str) -> None:

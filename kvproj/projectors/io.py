@@ -13,7 +13,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors.torch import load_file, save_file
 
 import kvproj
@@ -22,6 +21,10 @@ from kvproj.projectors.base import Projector, build_projector
 
 WEIGHTS = "projector.safetensors"
 CONFIG = "projector_config.json"
+
+
+class ProjectorFolderError(ValueError):
+    """An exported projector folder that cannot be read: missing files, damaged config, weights that do not fit."""
 
 
 class ProjectorMismatchError(ValueError):
@@ -77,7 +80,27 @@ def read_config(directory: str | Path) -> dict[str, Any]:
             f"--projector {directory}: not an exported projector folder (needs {CONFIG} and {WEIGHTS}); "
             f"training writes one to checkpoints/<run>/projector/"
         )
-    return json.loads(path.read_text())
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ProjectorFolderError(
+            f"--projector {directory}: {path} is not valid JSON ({err}); the folder is damaged: re-export it from "
+            "the run's last.ckpt or use another projector folder"
+        ) from err
+    missing = [k for k in ("architecture", "init_args", "source", "target") if k not in config]
+    if missing:
+        raise ProjectorFolderError(f"--projector {directory}: {path} lacks {', '.join(missing)}")
+    return config
+
+
+def check_version(config: dict[str, Any], directory: str | Path) -> None:
+    """Refuse a folder written by a kvproj with another major.minor version (its format may differ)."""
+    found = str(config.get("kvproj_version", "unknown"))
+    if found.split(".")[:2] != kvproj.__version__.split(".")[:2]:
+        raise ProjectorFolderError(
+            f"--projector {directory}: written by kvproj {found}, this is kvproj {kvproj.__version__}; "
+            f"use a kvproj {'.'.join(found.split('.')[:2])}.x to read it, or re-export it from its checkpoint"
+        )
 
 
 def load_projector(
@@ -96,12 +119,21 @@ def load_projector(
                 f"given has {given.summary()} ({'; '.join(problems)})"
             )
     projector = build_projector(config["architecture"], source, target, **config["init_args"])
-    state = load_file(str(Path(directory) / WEIGHTS))
+    weights = Path(directory) / WEIGHTS
+    try:
+        state = load_file(str(weights))
+    except Exception as err:  # safetensors raises its own error types for truncated / foreign files
+        raise ProjectorFolderError(f"--projector {directory}: {weights} cannot be read ({err})") from err
+    expected = projector.state_dict()
+    wrong = sorted(set(expected) ^ set(state)) + sorted(
+        k for k in set(expected) & set(state) if expected[k].shape != state[k].shape
+    )
+    if wrong:
+        raise ProjectorFolderError(
+            f"--projector {directory}: {WEIGHTS} does not match {CONFIG} ({config['architecture']} with "
+            f"{config['init_args']}): {len(wrong)} tensor(s) missing, extra or of another shape, e.g. {wrong[:3]}; "
+            "the two files come from different exports"
+        )
     projector.load_state_dict(state)
     projector.eval()
     return projector, config
-
-
-def projector_state_equal(a: Projector, b: Projector) -> bool:
-    sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)

@@ -1,0 +1,112 @@
+"""The training stream and its held-out splits: sharding over DataLoader workers and DDP ranks, disjoint text
+splits, settings refused at the boundary, and shipped configs found from an install."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_training import ROOT, _ckpt, _dm, run_cli
+
+from kvproj.cli import packaged_config, resolve_configs
+from kvproj.data.datamodule import shard_indices
+from kvproj.module import KVProjectorModule
+
+
+def test_dataloader_workers_split_the_stream_without_repeats():
+    dm = _dm(num_workers=2)  # batch_size 4
+    loader = dm.train_dataloader()
+    got = []
+    for batch, _ in zip(loader, range(5)):
+        got.append(batch["stream_index"].tolist())
+    assert got == [list(range(4 * b, 4 * b + 4)) for b in range(5)]  # in order, each example once
+
+
+def test_shards_cover_the_stream_once_for_ranks_and_workers():
+    start, batch, world, workers = 7, 3, 2, 3
+    seen = []
+    for rank in range(world):
+        for worker in range(workers):
+            it = shard_indices(start, batch, rank, world, worker, workers)
+            seen += [next(it) for _ in range(batch * 4)]  # 4 global batches each
+    assert sorted(seen) == list(range(start, start + batch * world * workers * 4))
+
+
+def test_fit_with_workers_records_the_consumed_position(tmp_path):
+    proc = run_cli(
+        "fit", "--config", "configs/smoke.yaml", "--trainer.default_root_dir", str(tmp_path),
+        "--trainer.max_steps", "5", "--trainer.callbacks", "[]", "--data.num_workers", "2",
+        "--trainer.limit_val_batches", "0",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = _ckpt(tmp_path / "checkpoints" / "smoke" / "last.ckpt")
+    assert state["global_step"] == 5 and state["KVPairDataModule"]["consumed"] == 5 * 8
+
+
+def test_text_validation_and_test_never_train(tmp_path):
+    corpus = tmp_path / "c.txt"
+    lines = [f"Document {i} says the river carried {i * 7} boats past the mill at dawn." for i in range(60)]
+    corpus.write_text("\n".join(lines + lines[:5]))  # duplicates must not leak across splits
+    dm = _dm(dataset="text", text={"files": [str(corpus)]})  # val_examples 8
+    splits = dm.text_splits
+    assert len(splits["val"]) == len(splits["test"]) == 8
+    assert not set(splits["val"]) & set(splits["train"])
+    assert not set(splits["test"]) & set(splits["train"])
+    assert not set(splits["val"]) & set(splits["test"])
+    assert len(splits["train"]) == 60 - 16
+    train_contexts = {dm.example_at(i)["context"] for i in range(200)}
+    for e in dm.val_raw() + [dm.text_example(i, "test") for i in range(8)]:
+        assert e["context"] not in train_contexts
+    again = _dm(dataset="text", text={"files": [str(corpus)]})
+    assert again.text_splits == splits  # seeded: the same split in every process
+
+
+def test_text_corpus_too_small_for_held_out_splits(tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(f"text number {i} is here" for i in range(10)))
+    dm = _dm(dataset="text", text={"files": [str(corpus)]})
+    with pytest.raises(ValueError, match="data.text: 10 distinct texts.*data.val_examples=8"):
+        dm.text_splits
+
+
+@pytest.mark.parametrize(
+    "setting, value",
+    [("max_context_tokens", 0), ("max_context_tokens", -5), ("num_workers", -1), ("val_examples", 0)],
+)
+def test_datamodule_settings_refused(setting, value):
+    with pytest.raises(ValueError, match=f"data.{setting}: must be"):
+        _dm(**{setting: value})
+
+
+def test_negative_reconstruction_weight_refused():
+    dm = _dm()
+    with pytest.raises(ValueError, match="model.reconstruction_weight: must be >= 0, got -0.5"):
+        KVProjectorModule(pair=dm.pair, reconstruction_weight=-0.5)
+
+
+def test_module_makes_the_target_cache_itself_when_a_loss_needs_it():
+    dm = _dm()
+    module = KVProjectorModule(pair=dm.pair, answer_weight=1.0, reconstruction_weight=1.0)
+    stream = dm.iter_examples(0)
+    batch = dm.pair.add_caches(dm.collate([dm.encode(next(stream)) for _ in range(4)]), with_target_cache=False)
+    assert "target_cache" not in batch
+    out, _, _ = module.losses(batch)
+    assert torch.isfinite(out["reconstruction"]) and out["reconstruction"] > 0
+    expected = dm.pair.target_cache(batch)
+    assert torch.equal(batch["target_cache"].keys[0], expected.keys[0])
+
+
+def test_shipped_configs_resolve_by_name_and_default():
+    assert packaged_config("smoke") == packaged_config("smoke.yaml")
+    assert packaged_config("smoke").read_text() == (ROOT / "configs" / "smoke.yaml").read_text()
+    assert resolve_configs(["fit"]) == ["fit", "--config", str(packaged_config("default"))]
+    assert resolve_configs(["fit", "--config", "smoke"])[2] == str(packaged_config("smoke"))
+    with pytest.raises(FileNotFoundError, match="--config nope.yaml: no such file.*smoke"):
+        resolve_configs(["fit", "--config", "nope.yaml"])
+
+
+def test_fuse_without_shared_context_refused(tmp_path):
+    proc = run_cli(
+        "fit", "--config", "configs/smoke.yaml", "--trainer.default_root_dir", str(tmp_path), "--model.mode", "fuse"
+    )
+    assert proc.returncode != 0
+    assert "model.mode 'fuse' needs data.protocol 'shared'" in proc.stderr
