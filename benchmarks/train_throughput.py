@@ -19,10 +19,10 @@ import torch
 from torch import nn
 
 from kvproj.data.datamodule import KVPairDataModule
-from kvproj.pair import FrozenPair
 from kvproj.data.facts import FactsConfig
 from kvproj.models import ModelSpec
 from kvproj.module import KVProjectorModule
+from kvproj.pair import FrozenPair
 from kvproj.projectors.base import Projector
 
 PAIRS = {

@@ -65,7 +65,7 @@ def test_text_corpus_too_small_for_held_out_splits(tmp_path):
     corpus.write_text("\n".join(f"text number {i} is here" for i in range(10)))
     dm = _dm(dataset="text", text={"files": [str(corpus)]})
     with pytest.raises(ValueError, match="data.text: 10 distinct texts.*data.val_examples=8"):
-        dm.text_splits
+        _ = dm.text_splits
 
 
 @pytest.mark.parametrize(
@@ -106,7 +106,13 @@ def test_shipped_configs_resolve_by_name_and_default():
 
 def test_fuse_without_shared_context_refused(tmp_path):
     proc = run_cli(
-        "fit", "--config", "configs/smoke.yaml", "--trainer.default_root_dir", str(tmp_path), "--model.mode", "fuse"
+        "fit",
+        "--config",
+        "configs/smoke.yaml",
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        "--model.mode",
+        "fuse",
     )
     assert proc.returncode != 0
     assert "model.mode 'fuse' needs data.protocol 'shared'" in proc.stderr
