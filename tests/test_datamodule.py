@@ -116,3 +116,21 @@ def test_fuse_without_shared_context_refused(tmp_path):
     )
     assert proc.returncode != 0
     assert "model.mode 'fuse' needs data.protocol 'shared'" in proc.stderr
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
+    from kvproj.atomic import atomic_directory, atomic_open, atomic_write
+
+    target = atomic_write(tmp_path / "r.json", "old\n")
+    with pytest.raises(RuntimeError, match="boom"), atomic_open(target) as f:
+        f.write("half")
+        raise RuntimeError("boom")
+    assert target.read_text() == "old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # no temp file left
+    folder = tmp_path / "proj"
+    with atomic_directory(folder) as tmp:
+        (tmp / "a").write_text("1")
+    with pytest.raises(RuntimeError), atomic_directory(folder) as tmp:
+        (tmp / "a").write_text("2")
+        raise RuntimeError("boom")
+    assert (folder / "a").read_text() == "1" and sorted(p.name for p in tmp_path.iterdir()) == ["proj", "r.json"]

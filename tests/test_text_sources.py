@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 from itertools import islice
 from pathlib import Path
@@ -296,12 +295,11 @@ def test_sample_corpus_write_is_atomic(tmp_path, monkeypatch):
     def failing_fsync(fd):
         raise OSError("disk full")
 
-    monkeypatch.setattr(text_module.os, "fsync", failing_fsync)
+    monkeypatch.setattr("kvproj.atomic.os.fsync", failing_fsync)
     with pytest.raises(OSError, match="disk full"):
         sample_corpus("tiny:llama", seed=1, out_path=out, **TINY)
     assert (out.read_bytes(), meta_path(out).read_bytes()) == before  # the old complete file is untouched
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.jsonl", "c.jsonl.meta.json"]
-    monkeypatch.setattr(text_module.os, "fsync", os.fsync)
 
 
 @pytest.mark.parametrize(

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import random
-import tempfile
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -769,19 +767,10 @@ class EvalFileError(ValueError):
 
 def write_jsonl(examples: Iterable[FactExample | dict[str, Any]], path: str | Path) -> Path:
     """Write examples (FactExample or dicts) as JSONL, atomically (temp file + rename). Returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from kvproj.atomic import atomic_write
+
     rows = [e.to_dict() if isinstance(e, FactExample) else dict(e) for e in examples]
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
 def read_jsonl(path: str | Path) -> list[dict]:

@@ -7,15 +7,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import random
 import re
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from kvproj.atomic import atomic_open
 
 log = logging.getLogger(__name__)
 
@@ -352,18 +352,9 @@ def meta_path(out_path: str | Path) -> Path:
 
 
 def _atomic_write(path: Path, lines: Iterable[str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for line in lines:
-                f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "w") as f:
+        for line in lines:
+            f.write(line)
 
 
 def _reusable(out_path: Path, key: dict) -> bool:

@@ -7,11 +7,10 @@ import argparse
 import json
 import logging
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from kvproj.atomic import atomic_write
 from kvproj.eval.facts import CONDITIONS, EvalSettings, FactsEvaluator
 from kvproj.pair import load_transfer
 
@@ -62,13 +61,6 @@ def build_evaluator(
     untrained = trained.untrained(settings.seed) if "untrained" in settings.conditions else None
     evaluator = FactsEvaluator(trained.pair, trained.codec, trained.transfer, untrained, settings)
     return evaluator, trained.config
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def print_summary(results: dict[str, Any], console=None) -> None:
@@ -153,8 +145,8 @@ def evaluate(
         "conditions": results["conditions"],
         "gap_closed": results["gap_closed"],
     }
-    _atomic_write(out, json.dumps(results, indent=2) + "\n")
-    _atomic_write(generations, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    atomic_write(out, json.dumps(results, indent=2) + "\n")
+    atomic_write(generations, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     print_summary(results)
     log.info("wrote %s and %s", out, generations)
     return results

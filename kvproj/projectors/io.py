@@ -7,15 +7,13 @@ and cache geometries, layer map, kvproj version; sorted keys). Writes go to a te
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from safetensors.torch import load_file, save_file
 
 import kvproj
+from kvproj.atomic import atomic_directory
 from kvproj.cache import CacheGeometry
 from kvproj.projectors.base import Projector, build_projector
 
@@ -51,24 +49,11 @@ def save_projector(
 ) -> Path:
     """Write the folder atomically: a crash mid-write leaves the previous export (or nothing), never half."""
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    with atomic_directory(directory) as tmp:
         state = {k: v.detach().cpu().contiguous() for k, v in projector.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS))
         config = projector_config(projector, source_spec, target_spec, extra)
         (tmp / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        if directory.exists():
-            old = directory.with_name(f".{directory.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(directory, old)
-            os.replace(tmp, directory)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return directory
 
 
