@@ -8,7 +8,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from itertools import islice
 from pathlib import Path
 
@@ -227,13 +226,11 @@ def test_iter_train_example_depends_only_on_seed_and_index():
     assert [train_example(SMALL, i) for i in (7, 3, 900)] == first
 
 
-def test_generation_is_fast():
-    cfg = FactsConfig(seed=11)
-    start = time.perf_counter()
-    examples = list(islice(iter_train(cfg), 10_000))  # includes building the 3500-person world
-    elapsed = time.perf_counter() - start
-    assert len(examples) == 10_000
-    assert elapsed < 3.0, f"10k examples took {elapsed:.2f} s"
+def test_a_long_stream_has_distinct_ids_and_contexts():
+    # speed is measured in benchmarks/facts_generation.py, not asserted here (a shared machine is noisy)
+    examples = list(islice(iter_train(FactsConfig(seed=11)), 2_000))  # includes building the 3500-person world
+    assert len({e.id for e in examples}) == 2_000
+    assert len({e.context for e in examples}) > 1_900
 
 
 @pytest.mark.parametrize(
