@@ -28,12 +28,13 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from kvproj.data.facts import FactsConfig
 from kvproj.data.pairs import EncodedExample
+from kvproj.data.passages import PassagesConfig, passage_example
 from kvproj.pair import FrozenPair
 
 log = logging.getLogger(__name__)
 
 PROTOCOLS = ("masked", "shared")
-DATASETS = ("facts", "text")
+DATASETS = ("facts", "passages", "text")
 
 
 @dataclass
@@ -120,9 +121,12 @@ class KVPairDataModule(L.LightningDataModule):
     Args:
         pair: The frozen source and target with their prompt formats (the CLI builds it from the `pair:` section
             and hands the same object to the model).
-        dataset: "facts" (synthetic facts, question answering; the default) or "text" (language modelling on
+        dataset: "facts" (synthetic facts, question answering; the default), "passages" (multi-genre passages
+            with same-type distractors; validation and test on held-out genres) or "text" (language modelling on
             general text: the context is the first part of a text, the answer the rest).
         facts: Options of the synthetic facts corpus.
+        passages: Options of the multi-genre passages (for dataset "passages", or mixed into "facts" with
+            passages.share).
         text: Text sources (for dataset "text", or mixed into "facts" with text.share).
         protocol: "masked" (the target never sees the context: the projected cache stands in for it) or
             "shared" (the target reads the context too; the projection fuses into its own cache).
@@ -141,6 +145,7 @@ class KVPairDataModule(L.LightningDataModule):
         pair: FrozenPair | None = None,
         dataset: str = "facts",
         facts: FactsConfig = FactsConfig(),
+        passages: PassagesConfig = PassagesConfig(),
         text: TextOptions = TextOptions(),
         protocol: str = "masked",
         answer_template: str = " {answer}",
@@ -154,6 +159,7 @@ class KVPairDataModule(L.LightningDataModule):
         super().__init__()
         facts = FactsConfig(**facts) if isinstance(facts, dict) else facts
         text = TextOptions(**text) if isinstance(text, dict) else text
+        passages = PassagesConfig(**passages) if isinstance(passages, dict) else passages
         if dataset not in DATASETS:
             raise ValueError(f"data.dataset: got {dataset!r}; valid: {', '.join(DATASETS)}")
         if protocol not in PROTOCOLS:
@@ -176,9 +182,13 @@ class KVPairDataModule(L.LightningDataModule):
             raise ValueError(f"data.lm_context_fraction: must be in (0, 1), got {lm_context_fraction}")
         if not 0.0 <= text.share <= 1.0:
             raise ValueError(f"data.text.share: must be in [0, 1], got {text.share}")
+        if dataset == "facts" and text.share + passages.share > 1.0:
+            raise ValueError(
+                f"data.text.share + data.passages.share: must be <= 1, got {text.share} + {passages.share}"
+            )
         self.save_hyperparameters(ignore=["pair"])
         self.dataset, self.protocol = dataset, protocol
-        self.facts_options, self.text_options = facts, text
+        self.facts_options, self.text_options, self.passages_options = facts, text, passages
         self.answer_template, self.max_context_tokens = answer_template, max_context_tokens
         self.lm_context_fraction = lm_context_fraction
         self.batch_size, self.val_batch_size, self.val_examples = batch_size, val_batch_size, val_examples
@@ -234,14 +244,24 @@ class KVPairDataModule(L.LightningDataModule):
         cut = space if space > 0 else cut
         return {"id": f"text-{split}-{i}", "context": text[:cut], "question": "", "answer": text[cut:].lstrip()}
 
-    def is_text(self, i: int) -> bool:
-        share = 1.0 if self.dataset == "text" else self.text_options.share
-        return share > 0 and _uniform(self.facts_options.seed, i, "text") < share
+    def source_of(self, i: int) -> str:
+        """Which corpus training example i comes from: "facts", "passages" or "text" (seeded draw per index)."""
+        if self.dataset != "facts":
+            return self.dataset
+        u = _uniform(self.facts_options.seed, i, "text")
+        if u < self.text_options.share:
+            return "text"
+        if u < self.text_options.share + self.passages_options.share:
+            return "passages"
+        return "facts"
 
     def example_at(self, i: int) -> dict[str, Any]:
         """Training example i of the stream (deterministic: a pure function of (seed, i))."""
-        if self.dataset == "text" or self.is_text(i):
+        kind = self.source_of(i)
+        if kind == "text":
             return self.text_example(i)
+        if kind == "passages":
+            return passage_example(self.passages_options, "train", i)
         from kvproj.data.facts import train_example
 
         return train_example(self.facts_options, i).to_dict()
@@ -260,6 +280,8 @@ class KVPairDataModule(L.LightningDataModule):
     def val_raw(self) -> list[dict]:
         if self.dataset == "text":
             return [self.text_example(i, "val") for i in range(self.val_examples)]
+        if self.dataset == "passages":
+            return [passage_example(self.passages_options, "val", i) for i in range(self.val_examples)]
         return self.splits["val"][: self.val_examples]
 
     # ------------------------------------------------------------------ loaders
@@ -281,12 +303,14 @@ class KVPairDataModule(L.LightningDataModule):
         return DataLoader(encoded, batch_size=self.val_batch_size, collate_fn=self.collate, shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
-        """Held-out facts (entities and values never seen in training); text: the held-out test texts."""
-        raw = (
-            [self.text_example(i, "test") for i in range(self.val_examples)]
-            if self.dataset == "text"
-            else self.splits["test"]
-        )
+        """Held-out facts (entities and values never seen in training); passages: held-out genres; text: the
+        held-out test texts."""
+        if self.dataset == "text":
+            raw = [self.text_example(i, "test") for i in range(self.val_examples)]
+        elif self.dataset == "passages":
+            raw = [passage_example(self.passages_options, "test", i) for i in range(self.val_examples)]
+        else:
+            raw = self.splits["test"]
         encoded = [self.encode(e, stream_index=i) for i, e in enumerate(raw)]
         return DataLoader(encoded, batch_size=self.val_batch_size, collate_fn=self.collate, shuffle=False)
 

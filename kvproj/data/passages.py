@@ -1,0 +1,565 @@
+"""Multi-genre passages: short texts in many genres and registers (news, e-mail, notes, dialogue, listings, logs,
+...) that state several facts of the same type side by side (same-type distractors), each with a question whose
+answer is copied verbatim from the passage. Training text as varied as the prose a projector must carry.
+
+Everything is a pure function of (seed, split, index). Held out BY CONSTRUCTION: validation and test use genres
+that training never sees (`PassagesConfig.val_genres` / `test_genres`), and people's first names and invented
+words are partitioned into disjoint train / val / test pools by a checksum.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+# ----------------------------------------------------------------------------------------------------------------
+# Word material: names of many origins, invented places and words, objects, organizations.
+
+_FIRST = """
+Aaliyah Abebe Ada Adaeze Adnan Ahmet Aiko Akira Alejandro Aleksandra Alessia Amani Amir Anahita Anders Ange Anjali
+Antoine Aoife Arash Arturo Asha Astrid Ayodele Baptiste Bao Beatriz Bilal Bjorn Bogdan Camille Carlos Catalina
+Chidi Chiara Chinedu Cormac Dagny Dariusz Dawit Deepa Delphine Dong Duc Efua Eitan Ekaterina Elif Emeka Esperanza
+Eun Fatima Fenna Fernando Folake Francesca Fumiko Gaurav Giorgos Goran Guadalupe Gulnara Haruto Hassan Hiroshi
+Hyun Ibrahim Ifeoma Ilse Imani Ioana Isabela Ishaan Jae Jakub Jamila Javier Jiho Joaquim Jurgen Kaito Kalani
+Kamal Karim Katarzyna Kemal Kofi Kwame Laila Lakshmi Leilani Liam Lin Lorenzo Luana Lucas Mads Magdalena Mahmoud
+Malia Manon Marek Mariam Marisol Matteo Mehmet Mei Mihai Min Mirela Moana Moritz Nadia Nandi Nasrin Niamh Nikhil
+Nikolai Noor Obinna Oksana Olumide Oskar Paulo Pavel Pilar Priya Quang Radu Rahul Ramona Ravi Reza Rin Rohan
+Rosalind Ruxandra Sachiko Saeed Salma Sanjay Santiago Saoirse Seo Sergei Shira Siddharth Sigrid Siobhan Soren
+Sunita Tadeo Takeshi Tamsin Tariq Thabo Thandiwe Tomasz Tuan Ulla Umar Valentina Vikram Wairimu Wei Wojciech
+Xiadani Ximena Yael Yasmin Yohannes Yuki Yusuf Zainab Zanele Zeynep Zhiwei Zofia
+""".split()
+
+_ONSETS = ["b", "br", "d", "dr", "f", "g", "gr", "h", "k", "kr", "l", "m", "n", "p", "pr", "r", "s", "st", "t", "tr",
+           "v", "w", "z", "sh", "ch", "th"]  # fmt: skip
+_VOWELS = ["a", "e", "i", "o", "u", "ai", "ei", "ou", "ia", "oa"]
+_CODAS = ["", "", "n", "r", "l", "s", "m", "k", "nd", "rn", "lt", "sk", "x"]
+_SURNAME_ENDS = ["", "", "son", "ova", "ez", "i", "ski", "berg", "well", "ton", "ani", "ek", "ard", "ley", "oglu"]
+_PLACE_ENDS = ["ford", "vik", "holm", "bury", "dale", "mouth", "stad", "ville", "haven", "wick", "port", "field"]
+_STREETS = ["Street", "Lane", "Road", "Avenue", "Way", "Quay", "Row", "Terrace", "Close", "Parade"]
+_ORG_ENDS = ["Labs", "Logistics", "Bakery", "Cooperative", "Studio", "Foundation", "Clinic", "Outfitters", "Press",
+             "Brewing", "Robotics", "Orchestra", "Library", "Ferries", "Textiles"]  # fmt: skip
+_ADJECTIVES = """
+amber ancient black blue bronze brown copper crimson dented enamel faded folding gold green grey hand-painted
+heavy indigo ivory lacquered leather linen maple marble matte olive orange oak pale pewter pink plum purple red
+rusty scarlet silver small striped teal velvet violet walnut white wicker woollen yellow
+""".split()
+_NOUNS = """
+accordion anchor armchair backpack banjo barometer basket bicycle birdcage blanket bookcase bowl bracelet
+briefcase bucket cabinet camera candlestick canoe chess-set clock compass cello desk drum easel fiddle flute globe
+guitar hammock harp helmet jacket kayak kettle lamp lantern mandolin map microscope mirror notebook oar piano
+projector quilt radio rug sail saxophone scarf sewing-machine sextant shovel sled stool suitcase sundial
+telescope teapot tent trombone trumpet typewriter ukulele umbrella vase violin wagon wheelbarrow
+""".split()
+_FOODS = """
+almonds apricots barley basil beetroot butter cardamom carrots chickpeas chili cinnamon coconut coriander cumin
+dates dill eggs fennel figs garlic ginger honey leeks lemons lentils mint mushrooms mustard nutmeg oats olives
+onions paprika parsley peppers pistachios plums potatoes raisins rice saffron sage sesame spinach thyme tomatoes
+turmeric walnuts yogurt
+""".split()
+_ROLES = """
+accountant archivist baker beekeeper botanist bus-driver carpenter cartographer chemist chef clockmaker
+dentist electrician engineer ferry-pilot florist geologist glassblower harbourmaster illustrator interpreter
+jeweller librarian locksmith midwife nurse optician paramedic pharmacist photographer plumber potter surveyor
+tailor translator veterinarian welder
+""".split()
+_WEEKDAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
+_MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
+           "November", "December"]  # fmt: skip
+_NUMBER_WORDS = ["two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve"]
+
+
+def _a(phrase: str) -> str:
+    return f"{'an' if phrase[0].lower() in 'aeiou' else 'a'} {phrase}"
+
+
+def _bucket(word: str, seed: int) -> str:
+    """train / val / test by a checksum (70 / 15 / 15): disjoint pools, the same in every process."""
+    r = zlib.crc32(f"{seed}:{word}".encode()) % 100
+    return "train" if r < 70 else "val" if r < 85 else "test"
+
+
+@functools.lru_cache(maxsize=16)
+def _first_names(seed: int, split: str) -> tuple[str, ...]:
+    return tuple(sorted(n for n in _FIRST if _bucket(n, seed) == split))
+
+
+class Material:
+    """Draws names, places, objects, numbers and codes for one passage (names from the split's own pool;
+    invented words from syllables, checksum-partitioned like the names)."""
+
+    def __init__(self, rng: random.Random, split: str, seed: int) -> None:
+        self.rng, self.split, self.seed = rng, split, seed
+        self._used: set[str] = set()
+
+    def _fresh(self, make: Callable[[], str]) -> str:
+        for _ in range(200):
+            value = make()
+            if value not in self._used:
+                self._used.add(value)
+                return value
+        raise RuntimeError("passages: could not draw a fresh value (word pools too small)")
+
+    def _word(self, ends: list[str], syllables: tuple[int, int] = (1, 2)) -> str:
+        rng = self.rng
+        while True:
+            n = rng.randint(*syllables)
+            w = "".join(rng.choice(_ONSETS) + rng.choice(_VOWELS) for _ in range(n)) + rng.choice(_CODAS)
+            w = (w + rng.choice(ends)).capitalize()
+            if 3 <= len(w) <= 13 and _bucket(w, self.seed) == self.split:
+                return w
+
+    def person(self) -> str:
+        names = _first_names(self.seed, self.split)
+        return self._fresh(lambda: f"{self.rng.choice(names)} {self._word(_SURNAME_ENDS)}")
+
+    def first(self) -> str:
+        return self._fresh(lambda: self.rng.choice(_first_names(self.seed, self.split)))
+
+    def place(self) -> str:
+        return self._fresh(lambda: self._word(_PLACE_ENDS, (1, 1)))
+
+    def street(self) -> str:
+        return self._fresh(lambda: f"{self.rng.randint(2, 240)} {self._word([''])} {self.rng.choice(_STREETS)}")
+
+    def org(self) -> str:
+        return self._fresh(lambda: f"{self._word(['', ''])} {self.rng.choice(_ORG_ENDS)}")
+
+    def thing(self) -> str:
+        return self._fresh(lambda: f"{self.rng.choice(_ADJECTIVES)} {self.rng.choice(_NOUNS).replace('-', ' ')}")
+
+    def food(self) -> str:
+        return self._fresh(lambda: self.rng.choice(_FOODS))
+
+    def role(self) -> str:
+        return self._fresh(lambda: self.rng.choice(_ROLES).replace("-", " "))
+
+    def code(self) -> str:
+        letters = "ABCDEFGHJKLMNPRSTUVWXYZ"
+
+        def make() -> str:
+            head = "".join(self.rng.choice(letters) for _ in range(self.rng.randint(2, 3)))
+            return f"{head}-{self.rng.randint(100, 9999)}"
+
+        return self._fresh(make)
+
+    def time(self) -> str:
+        return self._fresh(
+            lambda: f"{self.rng.randint(6, 21)}:{self.rng.choice(['00', '15', '30', '45', '10', '50'])}"
+        )
+
+    def date(self) -> str:
+        return self._fresh(lambda: f"{self.rng.randint(1, 28)} {self.rng.choice(_MONTHS)}")
+
+    def weekday(self) -> str:
+        return self._fresh(lambda: self.rng.choice(_WEEKDAYS))
+
+    def price(self) -> str:
+        return self._fresh(lambda: f"{self.rng.randint(3, 900)} {self.rng.choice(['dollars', 'euros', 'pounds'])}")
+
+    def number(self, lo: int = 2, hi: int = 95) -> str:
+        return self._fresh(lambda: str(self.rng.randint(lo, hi)))
+
+    def count_word(self) -> str:
+        return self._fresh(lambda: self.rng.choice(_NUMBER_WORDS))
+
+    def room(self) -> str:
+        return self._fresh(
+            lambda: f"room {self.rng.randint(2, 9)}{self.rng.randint(0, 4)}{self.rng.randint(1, 9)}"
+        )
+
+    def year(self) -> str:
+        return self._fresh(lambda: str(self.rng.randint(1950, 2024)))
+
+
+# A genre writes one passage and the questions it can answer: [(question forms, answer), ...].
+QA = tuple[tuple[str, ...], str]
+Genre = Callable[[Material], tuple[str, list[QA]]]
+GENRES: dict[str, Genre] = {}
+
+
+def genre(name: str):
+    def wrap(fn: Genre) -> Genre:
+        GENRES[name] = fn
+        return fn
+
+    return wrap
+
+
+@genre("news")
+def _news(m: Material) -> tuple[str, list[QA]]:
+    town, rival, mayor, org = m.place(), m.place(), m.person(), m.org()
+    cost, other_cost, day = m.price(), m.price(), m.weekday()
+    text = (
+        f"{town.upper()} - The council of {town} voted on {day} to rebuild the old footbridge, a project led by "
+        f"{org}. Mayor {mayor} said the work would cost {cost}, far less than the {other_cost} spent by "
+        f"neighbouring {rival} on its own bridge last year."
+    )
+    return text, [
+        (("Which company leads the footbridge project?", f"Who is leading the bridge work in {town}?"), org),
+        ((f"How much will the footbridge in {town} cost?", f"What is the cost of {town}'s bridge project?"), cost),
+        ((f"Who is the mayor of {town}?", "What is the name of the mayor who spoke about the bridge?"), mayor),
+        (("Which town spent money on its own bridge last year?",), rival),
+    ]
+
+
+@genre("email")
+def _email(m: Material) -> tuple[str, list[QA]]:
+    sender, boss, colleague = m.person(), m.person(), m.first()
+    room, other_room, time, code = m.room(), m.room(), m.time(), m.code()
+    text = (
+        f"From: {sender}\nTo: {boss}\nSubject: Friday review\n\nHi,\nthe review moved from {other_room} to {room} "
+        f"and now starts at {time}. {colleague} will bring the printed reports. Please quote ticket {code} when "
+        f"you book the projector.\nThanks,\n{sender.split()[0]}"
+    )
+    return text, [
+        (("Who sent the email?", "Who wrote this message?"), sender),
+        (("Where is the review now?", "Which room was the review moved to?"), room),
+        (("What time does the review start?", "When does the Friday review begin?"), time),
+        (
+            ("Which ticket number should be quoted?", "What ticket should be quoted when booking the projector?"),
+            code,
+        ),
+        (("Who will bring the printed reports?",), colleague),
+    ]
+
+
+@genre("meeting_notes")
+def _notes(m: Material) -> tuple[str, list[QA]]:
+    chair, a, b = m.person(), m.first(), m.first()
+    budget, date, org, n = m.price(), m.date(), m.org(), m.count_word()
+    text = (
+        f"Minutes - planning meeting, chaired by {chair}.\n- Budget for the spring fair approved: {budget}.\n"
+        f"- {a} to call {org} about the tents ({n} needed).\n- {b} will draft the poster.\n"
+        f"- Next meeting: {date}."
+    )
+    return text, [
+        (("Who chaired the meeting?", "Who was in the chair at the planning meeting?"), chair),
+        (("What budget was approved for the spring fair?", "How much was approved for the fair?"), budget),
+        (("When is the next meeting?", "On what date will they meet next?"), date),
+        (("Who will draft the poster?",), b),
+        (("Which company will be called about the tents?", f"Who is {a} going to call?"), org),
+        (("How many tents are needed?",), n),
+    ]
+
+
+@genre("recipe")
+def _recipe(m: Material) -> tuple[str, list[QA]]:
+    cook, f1, f2, f3 = m.person(), m.food(), m.food(), m.food()
+    minutes, temp, n = m.number(10, 90), m.number(150, 240), m.count_word()
+    text = (
+        f"{cook}'s winter stew (serves {n})\nSoften the {f1} in oil, add the {f2} and a pinch of {f3}, then "
+        f"cover and bake at {temp} degrees for {minutes} minutes."
+    )
+    return text, [
+        (("How many people does the stew serve?", "The stew serves how many?"), n),
+        (("For how many minutes is the stew baked?", "How long does the stew bake, in minutes?"), minutes),
+        (("At what temperature is the stew baked?", "How many degrees should the oven be?"), temp),
+        (("What is softened in oil first?", "Which ingredient goes into the oil first?"), f1),
+        (("Whose recipe is this?", "Who does the winter stew recipe belong to?"), cook),
+    ]
+
+
+@genre("listing")
+def _listing(m: Material) -> tuple[str, list[QA]]:
+    item, other, seller = m.thing(), m.thing(), m.person()
+    price, other_price, street, phone = m.price(), m.price(), m.street(), m.number(1000, 9999)
+    text = (
+        f"FOR SALE: {item}, barely used, {price}. Also {_a(other)} for {other_price}. Collect from {street}. "
+        f"Ask for {seller}, evenings only, extension {phone}."
+    )
+    return text, [
+        ((f"How much is the {item}?", f"What is the asking price for the {item}?"), price),
+        ((f"What does the {other} cost?",), other_price),
+        (("Where can the items be collected?", "What is the collection address?"), street),
+        (("Who should buyers ask for?", "Who is selling the items?"), seller),
+        (("What is the extension number?",), phone),
+    ]
+
+
+@genre("dialogue")
+def _dialogue(m: Material) -> tuple[str, list[QA]]:
+    a, b, c = m.first(), m.first(), m.first()
+    place, time, thing = m.place(), m.time(), m.thing()
+    text = (
+        f"{a}: Are we still taking the train to {place} tomorrow?\n{b}: Yes, the {time} one. {c} can't come, "
+        f"she's working.\n{a}: Then I'll bring the {thing} myself.\n{b}: Great, see you at the platform."
+    )
+    return text, [
+        (("Where are they taking the train to?", "What is the destination of the train trip?"), place),
+        (("Which train are they taking?", "What time is the train?"), time),
+        (("Who can't come?", "Who is working tomorrow?"), c),
+        ((f"What will {a} bring?", "What is going to be brought to the platform?"), thing),
+    ]
+
+
+@genre("diary")
+def _diary(m: Material) -> tuple[str, list[QA]]:
+    friend, place, thing, n = m.person(), m.place(), m.thing(), m.count_word()
+    date, role = m.date(), m.role()
+    text = (
+        f"{date}. Rain all morning. Walked to {place} with {friend}, who is training to be {_a(role)}. We found "
+        f"{_a(thing)} at the market and argued about it for {n} hours. I bought it anyway."
+    )
+    return text, [
+        (("Where did the writer walk to?", "Which place did they walk to?"), place),
+        (("Who did the writer walk with?", "Who came along on the walk?"), friend),
+        ((f"What is {friend} training to be?", "What job is the friend training for?"), role),
+        (("What did the writer buy at the market?", "What was found at the market?"), thing),
+        (("How many hours did they argue?",), n),
+    ]
+
+
+@genre("announcement")
+def _announcement(m: Material) -> tuple[str, list[QA]]:
+    org, speaker, place, date, time = m.org(), m.person(), m.street(), m.date(), m.time()
+    topic = m.thing()
+    text = (
+        f"PUBLIC TALK. {org} invites everyone to an evening with {speaker}, who will speak about restoring the "
+        f"{topic}. {date}, doors open at {time}, at {place}. Entry is free."
+    )
+    return text, [
+        (("Who is giving the public talk?", "Who will speak at the event?"), speaker),
+        (("Which organisation is hosting the talk?", "Who invites everyone to the evening?"), org),
+        (("When do the doors open?", "At what time do doors open?"), time),
+        (("Where is the talk held?", "What is the address of the talk?"), place),
+        (("On what date is the talk?",), date),
+    ]
+
+
+@genre("log")
+def _log(m: Material) -> tuple[str, list[QA]]:
+    host, other, user, code, t1, t2 = (
+        m.place().lower(),
+        m.place().lower(),
+        m.first().lower(),
+        m.code(),
+        m.time(),
+        m.time(),
+    )
+    t1, t2 = sorted((t1, t2), key=lambda t: int(t.replace(":", "")))
+    port = m.number(1024, 9000)
+    text = (
+        f"[{t1}] INFO  user {user} logged in on {host}\n[{t1}] WARN  disk on {other} at 91%\n"
+        f"[{t2}] ERROR job {code} failed on {host}: connection refused on port {port}"
+    )
+    return text, [
+        (("Which job failed?", "What is the ID of the failed job?"), code),
+        (("Which host had a disk warning?", "Which machine is at 91% disk?"), other),
+        (("Which user logged in?",), user),
+        (("On which port was the connection refused?", "What port refused the connection?"), port),
+        (("At what time did the job fail?",), t2),
+    ]
+
+
+@genre("review")
+def _review(m: Material) -> tuple[str, list[QA]]:
+    shop, reviewer, thing, n, price = m.org(), m.person(), m.thing(), m.count_word(), m.price()
+    text = (
+        f"Review by {reviewer}: I ordered {_a(thing)} from {shop} for {price}. It arrived after {n} days, well "
+        f"packed. Would buy again, although the instructions were only in Finnish."
+    )
+    return text, [
+        (("What did the reviewer order?", "Which item was ordered?"), thing),
+        (("Which shop was it ordered from?", "Where did the reviewer buy it?"), shop),
+        (("How many days did delivery take?", "After how many days did it arrive?"), n),
+        (("How much did the reviewer pay?", "What was the price of the order?"), price),
+        (("Who wrote the review?",), reviewer),
+    ]
+
+
+@genre("itinerary")
+def _itinerary(m: Material) -> tuple[str, list[QA]]:
+    a, b, c, hotel = m.place(), m.place(), m.place(), m.org()
+    flight, t1, t2 = m.code(), m.time(), m.time()
+    text = (
+        f"Day 1: flight {flight} to {a}, departs {t1}. Night at the {hotel}.\nDay 2: bus to {b}; lunch by the "
+        f"river.\nDay 3: ferry to {c}, leaves {t2} sharp."
+    )
+    return text, [
+        (("What is the flight number?", "Which flight is taken on day 1?"), flight),
+        (("Where does the bus go on day 2?", "What is the destination of the bus?"), b),
+        (("Where does the ferry go?", "Which place is reached by ferry on day 3?"), c),
+        (("When does the ferry leave?",), t2),
+        (("Where do they spend the first night?",), hotel),
+    ]
+
+
+@genre("sports")
+def _sports(m: Material) -> tuple[str, list[QA]]:
+    home, away, scorer, keeper = m.place(), m.place(), m.person(), m.person()
+    g1, g2, minute = m.number(0, 6), m.number(0, 6), m.number(2, 90)
+    text = (
+        f"{home} beat {away} {max(g1, g2, key=int)}-{min(g1, g2, key=int)} on Saturday. {scorer} scored the "
+        f"decisive goal after {minute} minutes, "
+        f"and {keeper} saved a penalty just before half time."
+    )
+    return text, [
+        (("Who scored the decisive goal?", "Which player scored the winning goal?"), scorer),
+        (("After how many minutes was the decisive goal scored?",), minute),
+        (("Who saved a penalty?", "Which player saved the penalty?"), keeper),
+        ((f"Which team did {home} beat?", "Who lost on Saturday?"), away),
+    ]
+
+
+@genre("letter")
+def _letter(m: Material) -> tuple[str, list[QA]]:
+    writer, aunt, place, thing, pet = m.first(), m.first(), m.place(), m.thing(), m.first()
+    year = m.year()
+    text = (
+        f"Dear {aunt},\nWe finally moved to {place}. The house was built in {year} and the previous owners left "
+        f"us {_a(thing)} in the attic. Our cat {pet} refuses to go upstairs.\nWith love,\n{writer}"
+    )
+    return text, [
+        (("Where did they move to?", "Which town is the new house in?"), place),
+        (("When was the house built?", "In what year was the house built?"), year),
+        (("What did the previous owners leave in the attic?",), thing),
+        (("What is the cat called?", "What is the name of the cat?"), pet),
+        (("Who wrote the letter?", "Who signed the letter?"), writer),
+    ]
+
+
+@genre("lab_notebook")
+def _lab(m: Material) -> tuple[str, list[QA]]:
+    who, sample, other, temp, minutes = m.first(), m.code(), m.code(), m.number(4, 95), m.number(5, 120)
+    reagent = m.food()
+    text = (
+        f"Exp. 14 ({who}). Sample {sample} heated to {temp} C for {minutes} min, then mixed with {reagent} "
+        f"extract. Colour change seen only in {sample}; control {other} unchanged."
+    )
+    return text, [
+        (("Which sample changed colour?", "In which sample was a colour change seen?"), sample),
+        (("What was the control sample?", "Which sample was the control?"), other),
+        (("To what temperature was the sample heated?",), temp),
+        (("For how many minutes was it heated?",), minutes),
+        (("What extract was the sample mixed with?",), reagent),
+    ]
+
+
+@genre("faq")
+def _faq(m: Material) -> tuple[str, list[QA]]:
+    org, desk, time, t2, price, phone = m.org(), m.street(), m.time(), m.time(), m.price(), m.number(100, 999)
+    text = (
+        f"FAQ - {org}\nQ: When do you open? A: Every weekday at {time}, Saturdays at {t2}.\nQ: Where do I collect "
+        f"parcels? A: At the side desk, {desk}.\nQ: Is there a fee? A: Yes, {price} per year. Call line {phone}."
+    )
+    return text, [
+        (("When do they open on weekdays?", "What time do they open every weekday?"), time),
+        (("What time do they open on Saturdays?",), t2),
+        (("Where are parcels collected?", "What address is the side desk at?"), desk),
+        (("How much is the yearly fee?", "What does membership cost per year?"), price),
+        (("Which line should you call?",), phone),
+    ]
+
+
+@genre("shipping_notice")
+def _shipping(m: Material) -> tuple[str, list[QA]]:
+    who, code, other_code, day, depot, courier = m.person(), m.code(), m.code(), m.weekday(), m.place(), m.org()
+    text = (
+        f"Dear {who}, parcel {code} is out for delivery with {courier} and will arrive on {day}. Parcel "
+        f"{other_code} is held at the {depot} depot until you confirm your address."
+    )
+    return text, [
+        ((f"When will parcel {code} arrive?", "On which day will the parcel arrive?"), day),
+        (("Which parcel is held at the depot?",), other_code),
+        (("Which courier is delivering?", "Who is the parcel out for delivery with?"), courier),
+        (("Where is the held parcel?", "At which depot is a parcel held?"), depot),
+    ]
+
+
+@genre("biography")
+def _biography(m: Material) -> tuple[str, list[QA]]:
+    who, place, role, year, org, thing = m.person(), m.place(), m.role(), m.year(), m.org(), m.thing()
+    text = (
+        f"{who} grew up in {place} and worked as {_a(role)} before joining {org} in {year}. Friends remember "
+        f"that {who.split()[0]} always carried {_a(thing)}."
+    )
+    return text, [
+        ((f"Where did {who} grow up?", f"Which town is {who} from?"), place),
+        ((f"What did {who} work as?", f"What was {who.split()[0]}'s job before {org}?"), role),
+        ((f"When did {who} join {org}?", f"In what year did {who.split()[0]} join {org}?"), year),
+        ((f"What did {who.split()[0]} always carry?",), thing),
+    ]
+
+
+@genre("weather")
+def _weather(m: Material) -> tuple[str, list[QA]]:
+    a, b, t1, t2, wind, day = (
+        m.place(),
+        m.place(),
+        m.number(-5, 35),
+        m.number(-5, 35),
+        m.number(5, 80),
+        m.weekday(),
+    )
+    text = (
+        f"Forecast for {day}: sunny spells in {a} with a high of {t1} degrees; {b} stays cloudy at {t2} degrees, "
+        f"with gusts up to {wind} km/h in the afternoon."
+    )
+    return text, [
+        ((f"What is the high in {a}?", f"How warm will it get in {a}?"), t1),
+        ((f"What temperature is forecast for {b}?",), t2),
+        (("How strong are the gusts?", "Gusts up to how many km/h?"), wind),
+        (("Which place stays cloudy?",), b),
+    ]
+
+
+GENRE_NAMES = tuple(GENRES)
+
+
+@dataclass
+class PassagesConfig:
+    """Multi-genre passages with same-type distractors (kvproj/data/passages.py).
+
+    Args:
+        seed: Everything is a pure function of (seed, split, index).
+        val_genres: Genres held out for validation (training never sees them).
+        test_genres: Genres held out for test (neither training nor validation sees them).
+        share: Share of the training stream taken from passages when data.dataset is "facts" (a mix);
+            data.dataset "passages" uses passages only.
+    """
+
+    seed: int = 0
+    val_genres: list[str] = field(default_factory=lambda: ["faq", "letter"])
+    test_genres: list[str] = field(default_factory=lambda: ["lab_notebook", "weather"])
+    share: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("val_genres", "test_genres"):
+            bad = [g for g in getattr(self, name) if g not in GENRES]
+            if bad:
+                raise ValueError(f"data.passages.{name}: unknown genre(s) {bad}; valid: {', '.join(GENRE_NAMES)}")
+        if set(self.val_genres) & set(self.test_genres):
+            raise ValueError(
+                f"data.passages: val_genres and test_genres overlap ({sorted(set(self.val_genres) & set(self.test_genres))})"
+            )
+        if not self.train_genres():
+            raise ValueError("data.passages: val_genres and test_genres leave no genre for training")
+        if not 0.0 <= self.share <= 1.0:
+            raise ValueError(f"data.passages.share: must be in [0, 1], got {self.share}")
+
+    def train_genres(self) -> list[str]:
+        return [g for g in GENRE_NAMES if g not in self.val_genres and g not in self.test_genres]
+
+    def genres(self, split: str) -> list[str]:
+        return {"train": self.train_genres(), "val": list(self.val_genres), "test": list(self.test_genres)}[split]
+
+
+def passage_example(cfg: PassagesConfig, split: str, index: int) -> dict[str, Any]:
+    """Example `index` of `split` ("train", "val", "test"): {id, context, question, answer, genre}."""
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"passages split: got {split!r}; valid: train, val, test")
+    rng = random.Random(f"passages/{cfg.seed}/{split}/{index}")
+    name = rng.choice(cfg.genres(split))
+    context, qas = GENRES[name](Material(rng, split, cfg.seed))
+    forms, answer = rng.choice(qas)
+    return {
+        "id": f"passage-{split}-{index:07d}",
+        "context": context,
+        "question": rng.choice(forms),
+        "answer": str(answer),
+        "genre": name,
+    }

@@ -1,0 +1,76 @@
+"""Multi-genre passages: answers copied verbatim, held-out genres and names, deterministic, in the datamodule."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from test_training import _dm
+
+from kvproj.data.passages import GENRE_NAMES, PassagesConfig, _first_names, passage_example
+
+CFG = PassagesConfig()
+
+
+def _whole_word(answer: str, context: str) -> bool:
+    return re.search(r"(?<![\w])" + re.escape(answer) + r"(?![\w])", context) is not None
+
+
+@pytest.mark.parametrize("split", ["train", "val", "test"])
+def test_every_answer_is_in_its_passage(split):
+    for i in range(600):
+        e = passage_example(CFG, split, i)
+        assert e["answer"] and e["question"].endswith("?")
+        assert _whole_word(e["answer"], e["context"]), e
+
+
+def test_genres_are_held_out_by_split():
+    seen = {s: {passage_example(CFG, s, i)["genre"] for i in range(800)} for s in ("train", "val", "test")}
+    assert seen["val"] == set(CFG.val_genres) and seen["test"] == set(CFG.test_genres)
+    assert seen["train"] == set(CFG.train_genres()) and len(seen["train"]) >= 12
+    assert not seen["train"] & (seen["val"] | seen["test"])
+
+
+def test_first_names_are_disjoint_across_splits():
+    pools = {s: set(_first_names(0, s)) for s in ("train", "val", "test")}
+    assert all(pools.values())
+    assert not pools["train"] & pools["val"] and not pools["train"] & pools["test"]
+    assert not pools["val"] & pools["test"]
+
+
+def test_passages_are_a_pure_function_of_seed_split_index():
+    assert passage_example(CFG, "train", 41) == passage_example(PassagesConfig(), "train", 41)
+    assert passage_example(CFG, "train", 41) != passage_example(PassagesConfig(seed=1), "train", 41)
+    assert len({passage_example(CFG, "train", i)["context"] for i in range(300)}) == 300
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"val_genres": ["poetry"]}, "data.passages.val_genres: unknown genre"),
+        ({"val_genres": ["faq"], "test_genres": ["faq"]}, "overlap"),
+        ({"val_genres": list(GENRE_NAMES)[:10], "test_genres": list(GENRE_NAMES)[10:]}, "no genre for training"),
+        ({"share": 1.5}, "data.passages.share: must be in"),
+    ],
+)
+def test_bad_passage_settings(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        PassagesConfig(**kwargs)
+
+
+def test_datamodule_streams_passages_and_validates_on_held_out_genres():
+    dm = _dm(dataset="passages")
+    train = [dm.example_at(i) for i in range(50)]
+    assert all(e["genre"] in CFG.train_genres() for e in train)
+    assert {e["genre"] for e in dm.val_raw()} <= set(CFG.val_genres)
+    batch = dm.collate([dm.encode(e) for e in train[:4]])
+    assert batch["labels"].ne(-100).any()
+
+
+def test_mixed_stream_takes_each_corpus_by_its_share():
+    dm = _dm(passages={"share": 0.3})
+    kinds = [dm.source_of(i) for i in range(2000)]
+    assert 0.25 < kinds.count("passages") / 2000 < 0.35 and kinds.count("text") == 0
+    assert dm.example_at(kinds.index("passages"))["id"].startswith("passage-train-")
+    with pytest.raises(ValueError, match=r"data.text.share \+ data.passages.share"):
+        _dm(passages={"share": 0.8}, text={"share": 0.5})
