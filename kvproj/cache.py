@@ -2,7 +2,10 @@
 
 `KVCache` holds per-layer keys/values `[B, H_kv, T, D]` with the attention mask and positions they were made
 with, plus the `CacheGeometry` of the model that made (or will read) them. Everything else in kvproj works on
-these objects; a new transformers release should mean changes here only (see design-notes: 5.x cache traps).
+these objects; a new transformers release should mean changes here only (docs/design-notes.md: the 5.x cache).
+Every forward and generate call kvproj makes goes through here too (`read_cache`, `forward_with_cache`,
+`hidden_states`, `generate_with_cache`, `generate_from_ids`); the other model internals kvproj touches (layers,
+key projection and norm, rotary module, output head) live in `kvproj/adapters/`.
 """
 
 from __future__ import annotations
@@ -303,9 +306,19 @@ def forward_with_cache(
         use_cache=True,
     )
     if return_hidden:
-        out = model.base_model(**kwargs)
-        return out.last_hidden_state
+        return _last_hidden(model, **kwargs)
     return model(**kwargs, logits_to_keep=logits_to_keep).logits
+
+
+def _last_hidden(model: nn.Module, **kwargs) -> torch.Tensor:
+    """The decoder body's final hidden states (no LM head): [B, L, hidden]."""
+    return model.base_model(**kwargs).last_hidden_state
+
+
+def hidden_states(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """A plain forward without an injected cache: final hidden states [B, L, hidden] for `input_ids` [B, L]
+    (score chosen positions with `kvproj.adapters.heads.logits_from_hidden`)."""
+    return _last_hidden(model, input_ids=input_ids, attention_mask=attention_mask)
 
 
 def generate_with_cache(
@@ -330,8 +343,7 @@ def generate_with_cache(
     placeholder = torch.zeros(kv.batch_size, kv.length, dtype=input_ids.dtype, device=device)
     full_ids = torch.cat([placeholder, input_ids], dim=1)
     full_mask = torch.cat([kv.attention_mask.to(device), attention_mask.to(device)], dim=1)
-    generate_kwargs.setdefault("do_sample", False)
-    generate_kwargs.setdefault("pad_token_id", _pad_id(model))
+    _generate_defaults(model, generate_kwargs)
     out = model.generate(
         input_ids=full_ids,
         attention_mask=full_mask,
@@ -339,6 +351,33 @@ def generate_with_cache(
         **generate_kwargs,
     )
     return out[:, full_ids.shape[1] :]
+
+
+def generate_from_ids(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    **generate_kwargs,
+) -> torch.Tensor:
+    """Generate from `input_ids` [B, L] alone (no injected prefix; pad on the left): the new tokens [B, N].
+
+    Defaults as `generate_with_cache`: greedy unless `do_sample` is passed, pad id from the model's configs.
+    Extra keyword arguments (sampling settings, other tokenizer outputs) go to transformers' generate.
+    """
+    device = _device(model)
+    input_ids = input_ids.to(device)
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    _generate_defaults(model, generate_kwargs)
+    out = model.generate(input_ids=input_ids, attention_mask=attention_mask.to(device), **generate_kwargs)
+    return out[:, input_ids.shape[1] :]
+
+
+def _generate_defaults(model: nn.Module, generate_kwargs: dict) -> None:
+    """Greedy unless asked otherwise; the pad id from the model's configs unless given (looked up only then)."""
+    generate_kwargs.setdefault("do_sample", False)
+    if "pad_token_id" not in generate_kwargs:
+        generate_kwargs["pad_token_id"] = _pad_id(model)
 
 
 def _pad_id(model: nn.Module) -> int:

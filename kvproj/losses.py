@@ -8,16 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kvproj.adapters.heads import logits_from_hidden
 from kvproj.cache import KVCache
-
-
-def logits_from_hidden(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-    """Final hidden states [..., H] -> logits [..., V] exactly as the model's head computes them."""
-    logits = model.get_output_embeddings()(hidden)
-    cap = getattr(model.config.get_text_config(decoder=True), "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return logits
 
 
 def scored_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,11 +12,13 @@ from typing import Any
 import lightning as L
 import torch
 
+from kvproj.adapters.attention import key_norms as target_key_norms
+from kvproj.adapters.heads import logits_from_hidden
 from kvproj.cache import KVCache, forward_with_cache
-from kvproj.losses import answer_cross_entropy, kl_to_oracle, logits_from_hidden, reconstruction
+from kvproj.losses import answer_cross_entropy, kl_to_oracle, reconstruction
 from kvproj.pair import FrozenPair
 from kvproj.projectors import build_projector
-from kvproj.transfer import CacheTransfer, target_key_norms
+from kvproj.transfer import CacheTransfer
 
 
 class KVProjectorModule(L.LightningModule):

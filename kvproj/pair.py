@@ -14,10 +14,11 @@ from typing import Any
 
 import torch
 
+from kvproj.adapters.attention import key_norms
 from kvproj.cache import KVCache, read_cache
 from kvproj.data.pairs import PairCodec, SideFormat
 from kvproj.models import LoadedModel, ModelSpec, load_model
-from kvproj.transfer import CacheTransfer, head_fallback, target_key_norms
+from kvproj.transfer import CacheTransfer, head_fallback
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +160,7 @@ class TrainedTransfer:
                 self.pair.target.geometry,
                 **self.config["init_args"],
             )
-        return CacheTransfer(fresh.to(self.pair.target.device).eval(), target_key_norms(self.pair.target.model))
+        return CacheTransfer(fresh.to(self.pair.target.device).eval(), key_norms(self.pair.target.model))
 
 
 def transfer_specs(
@@ -216,5 +217,5 @@ def load_transfer(
     projector, _ = load_projector(directory, pair.source.geometry, pair.target.geometry)
     projector.to(pair.target.device)
     codec = pair.codec(data.get("answer_template", " {answer}"), data.get("max_context_tokens"))
-    transfer = CacheTransfer(projector, target_key_norms(pair.target.model)).eval()
+    transfer = CacheTransfer(projector, key_norms(pair.target.model)).eval()
     return TrainedTransfer(pair, codec, transfer, config, directory)

@@ -5,13 +5,15 @@ pairs of the same text, fitted on a part of the data stream that training never 
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from typing import Any
 
 import torch
 
+from kvproj.adapters.attention import captured_key_projections, key_norms
 from kvproj.cache import read_cache
 from kvproj.rope import undo_rope
-from kvproj.transfer import gather_positions, target_key_norms
+from kvproj.transfer import gather_positions
 
 log = logging.getLogger(__name__)
 RIDGE_STREAM_OFFSET = 1_000_000_000  # examples used for the fit come from far past any training position
@@ -27,8 +29,8 @@ def ridge_init(module: Any, datamodule: Any, batches: int | None = None, lam: fl
     """Fit every target layer's key and value map by ridge regression (with bias); returns fit statistics.
 
     Keys: source keys with RoPE undone -> the target's pre-RoPE keys (before its key norm when the projector
-    passes outputs through it: captured from k_proj). Values -> values. Positions: target prefix positions
-    with an aligned source position.
+    passes outputs through it: the key projection's output, `captured_key_projections`). Values -> values.
+    Positions: target prefix positions with an aligned source position.
     """
     proj = module.projector
     if proj.architecture != "linear":
@@ -42,15 +44,7 @@ def ridge_init(module: Any, datamodule: Any, batches: int | None = None, lam: fl
     device = module.device
     pair.to(device)
     target = pair.target.model
-    norms = target_key_norms(target)
-    capture_pre_norm = proj.target_key_norm and any(n is not None for n in norms)
-    captured: dict[int, torch.Tensor] = {}
-    hooks = []
-    if capture_pre_norm:
-        for t, layer in enumerate(target.base_model.layers):
-            hooks.append(
-                layer.self_attn.k_proj.register_forward_hook(lambda _m, _i, out, t=t: captured.__setitem__(t, out))
-            )
+    capture_pre_norm = proj.target_key_norm and any(n is not None for n in key_norms(target))
     n_layers = proj.target_geometry.num_layers
     d_in, d_out = proj.source_geometry.width + 1, proj.target_geometry.width
     xtx = {
@@ -63,7 +57,8 @@ def ridge_init(module: Any, datamodule: Any, batches: int | None = None, lam: fl
     }
     stream = datamodule.iter_examples(start=RIDGE_STREAM_OFFSET)
     rows = 0
-    try:
+    # the target's key projection outputs (before its key norm and RoPE), captured during its forward
+    with captured_key_projections(target) if capture_pre_norm else nullcontext({}) as captured:
         for _ in range(batches):
             encoded = [datamodule.encode(next(stream)) for _ in range(datamodule.batch_size)]
             batch = datamodule.collate(encoded)
@@ -84,7 +79,7 @@ def ridge_init(module: Any, datamodule: Any, batches: int | None = None, lam: fl
                 x_k = _tokens(gather_positions(src_k, gather))[valid].double()  # [N, Hs*Ds]
                 x_v = _tokens(gather_positions(source.values[s], gather))[valid].double()
                 if capture_pre_norm:
-                    y_k = captured[t][valid].double()  # k_proj output [B, T, Ht*Dt]
+                    y_k = captured[t][valid].double()  # key projection output [B, T, Ht*Dt]
                 else:
                     y_k = _tokens(undo_rope(own.keys[t], own.positions, proj.target_geometry.rope[t]))[
                         valid
@@ -94,9 +89,6 @@ def ridge_init(module: Any, datamodule: Any, batches: int | None = None, lam: fl
                     x1 = torch.cat([x, torch.ones_like(x[:, :1])], dim=1)  # bias column
                     xtx[kind][t] += x1.T @ x1
                     xty[kind][t] += x1.T @ y
-    finally:
-        for h in hooks:
-            h.remove()
     stats = {"rows": rows}
     for kind, layers in (("k", proj.keys), ("v", proj.values)):
         for t, linear in enumerate(layers):

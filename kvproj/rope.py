@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from kvproj.adapters.attention import rotary_tables
+
 # Rope types whose frequencies change with the sequence length at run time; a fixed spec cannot follow them.
 _DYNAMIC_ROPE_TYPES = {"dynamic", "longrope"}
 
@@ -41,38 +43,21 @@ class RopeSpec:
         )
 
 
-def _rotary_module(model: nn.Module) -> nn.Module | None:
-    base = getattr(model, "base_model", model)
-    for candidate in (getattr(base, "rotary_emb", None), getattr(model, "rotary_emb", None)):
-        if candidate is not None:
-            return candidate
-    return None
-
-
 def rope_specs(model: nn.Module) -> list[RopeSpec | None]:
     """One RopeSpec per decoder layer (None where keys are not rotated, e.g. GPT-2), read from the model itself.
 
-    Reading the live rotary module instead of re-deriving from the config covers every scaling scheme that
-    transformers implements for a static frequency table (default, linear, llama3, yarn...).
+    Reading the live rotary module (`kvproj/adapters/attention.py`) instead of re-deriving from the config covers
+    every scaling scheme that transformers implements for a static frequency table (default, linear, llama3,
+    yarn...).
     """
     config = model.config.get_text_config(decoder=True)
     n_layers = config.num_hidden_layers
-    rotary = _rotary_module(model)
-    if rotary is None:
-        return [None] * n_layers
     layer_types = getattr(config, "layer_types", None) or ["full_attention"] * n_layers
+    tables = rotary_tables(model, layer_types)
+    if tables is None:
+        return [None] * n_layers
     specs: list[RopeSpec | None] = []
-    for layer_type in layer_types:
-        inv_freq = getattr(rotary, f"{layer_type}_original_inv_freq", None)
-        if inv_freq is not None:  # per-layer-type rotation (Gemma 3)
-            scaling = getattr(rotary, f"{layer_type}_attention_scaling", 1.0)
-            rope_type = rotary.rope_type.get(layer_type, "default")
-        else:
-            inv_freq = getattr(rotary, "original_inv_freq", None)
-            if inv_freq is None:
-                inv_freq = rotary.inv_freq
-            scaling = getattr(rotary, "attention_scaling", 1.0)
-            rope_type = getattr(rotary, "rope_type", "default")
+    for inv_freq, scaling, rope_type in tables:
         if rope_type in _DYNAMIC_ROPE_TYPES:
             raise NotImplementedError(
                 f"model {config.model_type}: rope_type {rope_type!r} changes its frequencies with the sequence length; "
@@ -120,10 +105,3 @@ def undo_rope(keys: torch.Tensor, positions: torch.Tensor, spec: RopeSpec | None
     rot, keep = keys[..., :d].float(), keys[..., d:]
     undone = (rot * cos - _rotate_half(rot) * sin) / (cos * cos + sin * sin)
     return torch.cat((undone.to(keys.dtype), keep), dim=-1)
-
-
-def rerotate(
-    keys: torch.Tensor, positions: torch.Tensor, from_spec: RopeSpec | None, to_spec: RopeSpec | None
-) -> torch.Tensor:
-    """Keys rotated by `from_spec` -> keys rotated by `to_spec`, same positions and same head_dim."""
-    return apply_rope(undo_rope(keys, positions, from_spec), positions, to_spec)

@@ -12,14 +12,6 @@ from kvproj.projectors.base import Projector
 from kvproj.rope import apply_rope, undo_rope
 
 
-def target_key_norms(model: nn.Module) -> list[nn.Module | None]:
-    """Per layer, the target's own key normalisation applied before RoPE (Gemma 3, Qwen 3), else None."""
-    layers = getattr(model.base_model, "layers", None)
-    if layers is None:
-        return []
-    return [getattr(getattr(layer, "self_attn", None), "k_norm", None) for layer in layers]
-
-
 def gather_positions(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """x [B, H, T, D], index [B, T'] (values in 0..T-1) -> [B, H, T', D]."""
     b, h, _, d = x.shape
@@ -31,8 +23,8 @@ class CacheTransfer(nn.Module):
 
     Args:
         projector: The trainable map.
-        key_norms: Target per-layer key norms (from `target_key_norms`); applied to projected keys in replace
-            mode so they land on the target's own key scale.
+        key_norms: Target per-layer key norms (`kvproj.adapters.attention.key_norms`); applied to projected keys
+            in replace mode so they land on the target's own key scale.
     """
 
     def __init__(self, projector: Projector, key_norms: list[nn.Module | None] | None = None) -> None:

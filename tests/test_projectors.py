@@ -6,10 +6,11 @@ import pytest
 import torch
 from conftest import tiny
 
+from kvproj.adapters.attention import key_norms
 from kvproj.cache import forward_with_cache, read_cache
 from kvproj.projectors import REGISTRY, build_projector, resolve_layer_map
 from kvproj.projectors.io import ProjectorMismatchError, load_projector, save_projector
-from kvproj.transfer import CacheTransfer, target_key_norms
+from kvproj.transfer import CacheTransfer
 
 PAIRS = [("llama", "gemma3_text"), ("gpt2", "qwen2"), ("gemma3_text", "phi3"), ("gpt_neox", "mistral")]
 LEARNED = sorted(set(REGISTRY) - {"identity"})
@@ -30,7 +31,7 @@ def test_projector_maps_any_geometry(architecture, pair):
     s, t, source_kv, _, ids, mask = _caches(*pair)
     proj = build_projector(architecture, s.geometry, t.geometry, **SMALL_ARGS.get(architecture, {}))
     index = torch.arange(ids.shape[1]).expand_as(ids).clone()
-    out = CacheTransfer(proj, target_key_norms(t.model))(source_kv, index, mask)
+    out = CacheTransfer(proj, key_norms(t.model))(source_kv, index, mask)
     g = t.geometry
     assert out.num_layers == g.num_layers
     assert all(k.shape == (2, g.num_kv_heads, ids.shape[1], g.head_dim) for k in out.keys)
@@ -44,7 +45,7 @@ def test_fuse_mode_starts_as_a_no_op_and_learns(architecture):
     s, t, source_kv, target_kv, ids, mask = _caches("llama", "gemma3_text")
     proj = build_projector(architecture, s.geometry, t.geometry, mode="fuse", **SMALL_ARGS.get(architecture, {}))
     proj.eval()
-    transfer = CacheTransfer(proj, target_key_norms(t.model))
+    transfer = CacheTransfer(proj, key_norms(t.model))
     index = torch.arange(ids.shape[1]).expand_as(ids).clone()
     fused = transfer(source_kv, index, mask, target_base=target_kv)
     for a, b in zip(fused.keys + fused.values, target_kv.keys + target_kv.values):
@@ -93,8 +94,8 @@ def test_export_reloads_to_identical_outputs(architecture, tmp_path):
     again, config = load_projector(tmp_path / "proj", s.geometry, t.geometry)
     assert config["architecture"] == architecture and config["source"]["spec"]["name"] == "tiny:llama"
     index = torch.arange(ids.shape[1]).expand_as(ids).clone()
-    a = CacheTransfer(proj, target_key_norms(t.model))(source_kv, index, mask)
-    b = CacheTransfer(again, target_key_norms(t.model))(source_kv, index, mask)
+    a = CacheTransfer(proj, key_norms(t.model))(source_kv, index, mask)
+    b = CacheTransfer(again, key_norms(t.model))(source_kv, index, mask)
     assert all(torch.equal(x, y) for x, y in zip(a.keys + a.values, b.keys + b.values))
     with pytest.raises(ProjectorMismatchError, match="trained for a target cache of gemma3_text"):
         load_projector(tmp_path / "proj", s.geometry, tiny("qwen2").geometry)

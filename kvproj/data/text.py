@@ -436,6 +436,8 @@ def sample_corpus(
 def _sample(loaded, n_texts: int, seed: int, max_new_tokens: int, batch_size: int, prompts: list[str]):
     from rich.progress import Progress
 
+    from kvproj.cache import generate_from_ids
+
     model, tokenizer = loaded.model, loaded.tokenizer
     device = loaded.device
     order_rng = random.Random(f"sample_corpus/{seed}")
@@ -459,7 +461,8 @@ def _sample(loaded, n_texts: int, seed: int, max_new_tokens: int, batch_size: in
             )  # each batch's sampling is a function of (seed, batch)
             enc = tokenizer(batch_prompts, return_tensors="pt", padding=True).to(device)
             with torch.no_grad():
-                out = model.generate(
+                new_tokens = generate_from_ids(
+                    model,
                     **enc,
                     do_sample=True,
                     temperature=_TEMPERATURE,
@@ -467,8 +470,7 @@ def _sample(loaded, n_texts: int, seed: int, max_new_tokens: int, batch_size: in
                     top_k=0,
                     max_new_tokens=max_new_tokens,
                     pad_token_id=tokenizer.pad_token_id,
-                )
-            new_tokens = out[:, enc["input_ids"].shape[1] :]  # [B, T_new]
+                )  # [B, T_new]
             for prompt, tokens in zip(batch_prompts, new_tokens):
                 continuation = tokenizer.decode(tokens, skip_special_tokens=True)
                 if not continuation.strip():

@@ -17,10 +17,17 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from kvproj.cache import KVCache, forward_with_cache, generate_with_cache, read_cache
+from kvproj.adapters.heads import logits_from_hidden
+from kvproj.cache import (
+    KVCache,
+    forward_with_cache,
+    generate_from_ids,
+    generate_with_cache,
+    hidden_states,
+    read_cache,
+)
 from kvproj.data.pairs import PairCodec, mask_rows, pad_rows
 from kvproj.eval import metrics
-from kvproj.losses import logits_from_hidden
 from kvproj.pair import FrozenPair
 from kvproj.transfer import CacheTransfer
 
@@ -152,16 +159,15 @@ class FactsEvaluator:
         device = src.device
         input_ids = pad_rows(ids, src.tokenizer.pad_token_id, left=True).to(device)
         mask = mask_rows(ids, left=True).to(device)
-        out = src.model.generate(
-            input_ids=input_ids,
-            attention_mask=mask,
+        new = generate_from_ids(
+            src.model,
+            input_ids,
+            mask,
             max_new_tokens=self.settings.hint_tokens,
             do_sample=False,
             pad_token_id=src.tokenizer.pad_token_id,
         )
-        hints = [
-            h.strip() for h in src.tokenizer.batch_decode(out[:, input_ids.shape[1] :], skip_special_tokens=True)
-        ]
+        hints = [h.strip() for h in src.tokenizer.batch_decode(new, skip_special_tokens=True)]
         tgt = self.pair.target
         head = self.pair.target_format.head_ids
         rows = [head + tgt.tokenizer(h or ".", add_special_tokens=False).input_ids for h in hints]
@@ -200,19 +206,16 @@ class FactsEvaluator:
     def _generate(self, prefix: KVCache | None, model, question_ids, question_mask) -> torch.Tensor:
         n = self.settings.max_new_tokens
         if prefix is None:  # a target without any head token: generate from the question alone
-            out = model.generate(
-                input_ids=question_ids, attention_mask=question_mask, max_new_tokens=n, do_sample=False,
+            return generate_from_ids(
+                model, question_ids, question_mask, max_new_tokens=n, do_sample=False,
                 pad_token_id=self.pair.target.tokenizer.pad_token_id,
             )  # fmt: skip
-            return out[:, question_ids.shape[1] :]
         return generate_with_cache(model, prefix, question_ids, question_mask, max_new_tokens=n)
 
     def _hidden(self, prefix: KVCache | None, batch: dict[str, Any]) -> torch.Tensor:
         model = self.pair.target.model
         if prefix is None:
-            return model.base_model(
-                input_ids=batch["continuation_ids"], attention_mask=batch["continuation_mask"]
-            ).last_hidden_state
+            return hidden_states(model, batch["continuation_ids"], batch["continuation_mask"])
         return forward_with_cache(
             model, prefix, batch["continuation_ids"], batch["continuation_mask"], return_hidden=True
         )
