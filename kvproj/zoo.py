@@ -577,7 +577,7 @@ def _convert_gguf(gguf_path: Path, out_dir: Path) -> dict[str, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    kwargs = {"gguf_file": gguf_path.name, "local_files_only": True}
+    kwargs = {"gguf_file": gguf_path.name, "local_files_only": True, "trust_remote_code": False}
     model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), dtype=torch.float32, **kwargs)
     # The weights are already dequantized floats; dropping the GGUF quantizer makes save_pretrained write them
     # as plain safetensors that reload without `gguf_file`.
@@ -597,7 +597,7 @@ def _converted_facts(folder: Path) -> dict[str, Any]:
     """Family and geometry of the model saved in `folder`, named like the ZooEntry fields."""
     from transformers import AutoConfig
 
-    top = AutoConfig.from_pretrained(folder, local_files_only=True)
+    top = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
     config = top.get_text_config(decoder=True)
     heads = config.num_attention_heads
     return {
