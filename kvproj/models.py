@@ -52,6 +52,28 @@ TINY_FAMILIES: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
+# `tiny:` models are for tests and smoke runs: overrides that would allocate a real model's size (or a typo that asks
+# for terabytes) are refused before anything is built.
+TINY_MAX_PARAMETERS = 50_000_000
+TINY_MAX_SIZE = 65_536
+TINY_SIZE_KEYS = (
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "vocab_size",
+    "max_position_embeddings",
+    "n_embd",
+    "n_inner",
+    "n_layer",
+    "n_head",
+    "n_positions",
+)
+_GPT2_DEFAULTS = dict(n_embd=768, n_layer=12, n_head=12, n_positions=1024, n_inner=None)
+
+
 class ModelNotFoundError(ValueError):
     """A model name that is neither a zoo entry, a local path, a tiny config nor a reachable hub id."""
 
@@ -87,6 +109,8 @@ class ModelSpec:
             raise ValueError(f"model quantization: got {self.quantization!r}, valid: None, '8bit', '4bit'")
         if self.tiny and not self.name.startswith(TINY_PREFIX):
             raise ValueError(f"model tiny overrides are only for 'tiny:<family>' names, got name {self.name!r}")
+        if self.name.startswith(TINY_PREFIX) and self.name[len(TINY_PREFIX) :] in TINY_FAMILIES:
+            check_tiny_size(self.name[len(TINY_PREFIX) :], self.tiny)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -153,6 +177,51 @@ def tiny_config(family: str, overrides: dict[str, Any] | None = None):
     return getattr(transformers, class_name)(**args)
 
 
+def tiny_parameter_estimate(family: str, overrides: dict[str, Any] | None = None) -> int:
+    """About how many parameters `tiny:<family>` with these config overrides would have (embeddings and output
+    head counted separately, attention and MLP per layer), computed from the numbers alone: nothing is built."""
+    args = {
+        **(_GPT2_DEFAULTS if family == "gpt2" else _TINY_COMMON),
+        **TINY_FAMILIES[family][1],
+        "vocab_size": 259,
+    }
+    args.update(overrides or {})
+    hidden = args.get("hidden_size", args.get("n_embd")) or 0
+    layers = args.get("num_hidden_layers", args.get("n_layer")) or 0
+    heads = args.get("num_attention_heads", args.get("n_head")) or 1
+    kv_heads = args.get("num_key_value_heads") or heads
+    head_dim = args.get("head_dim") or hidden // max(heads, 1)
+    inner = args.get("intermediate_size", args.get("n_inner")) or 4 * hidden
+    positions = args.get("n_positions", 0) if family == "gpt2" else 0  # learned position embeddings
+    attention = hidden * head_dim * (2 * heads + 2 * kv_heads)
+    mlp = 3 * hidden * inner
+    return 2 * args["vocab_size"] * hidden + positions * hidden + layers * (attention + mlp)
+
+
+def check_tiny_size(family: str, overrides: dict[str, Any]) -> None:
+    """Refuse `tiny` overrides that are not positive whole sizes, exceed `TINY_MAX_SIZE` in any one size, or give
+    more than `TINY_MAX_PARAMETERS` parameters (estimated, nothing allocated)."""
+    for key in TINY_SIZE_KEYS:
+        if key not in overrides or (key == "n_inner" and overrides[key] is None):
+            continue
+        value = overrides[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"model tiny overrides: {key} must be a whole number >= 1, got {value!r}")
+        if value > TINY_MAX_SIZE:
+            raise ValueError(
+                f"model tiny overrides: {key}={value} is above {TINY_MAX_SIZE}, the largest size a 'tiny:' model "
+                "takes (tiny models are for tests); name a real model for anything larger"
+            )
+    estimate = tiny_parameter_estimate(family, overrides)
+    if estimate > TINY_MAX_PARAMETERS:
+        sizes = {k: overrides[k] for k in TINY_SIZE_KEYS if k in overrides}
+        raise ValueError(
+            f"model tiny overrides {sizes} give 'tiny:{family}' about {estimate / 1e6:,.0f}M parameters, above the "
+            f"limit of {TINY_MAX_PARAMETERS / 1e6:.0f}M for tiny models (they are for tests); make them smaller or "
+            "name a real model"
+        )
+
+
 def load_model(spec: ModelSpec | str) -> LoadedModel:
     """Load a frozen model and its tokenizer from any supported kind of name (see `ModelSpec.name`)."""
     if isinstance(spec, str):
@@ -205,7 +274,8 @@ def _locate(name: str) -> tuple[str, str | None, str]:
 def _from_pretrained(spec: ModelSpec, path: str, gguf_file: str | None, dtype, device):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    kwargs: dict[str, Any] = {"dtype": dtype}
+    # never run code shipped with a model: a projector folder or config can name any hub id or folder
+    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": False}
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
     if spec.quantization:
@@ -219,7 +289,9 @@ def _from_pretrained(spec: ModelSpec, path: str, gguf_file: str | None, dtype, d
             )
         kwargs["device_map"] = {"": device.index or 0} if device.type == "cuda" else {"": "cpu"}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, **({"gguf_file": gguf_file} if gguf_file else {}))
+        tokenizer = AutoTokenizer.from_pretrained(
+            path, trust_remote_code=False, **({"gguf_file": gguf_file} if gguf_file else {})
+        )
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as err:
         from kvproj import zoo

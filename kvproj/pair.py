@@ -178,30 +178,59 @@ def transfer_specs(
     return specs
 
 
+def read_transfer(
+    projector_dir: str | Path, device: str | None = None, dtype: str | None = None
+) -> tuple[dict[str, Any], dict[str, ModelSpec]]:
+    """The cheap half of `load_transfer`, loading nothing big: the folder's `projector_config.json` (present, valid
+    JSON, written by this kvproj major.minor) and the two model specs it names (valid, `tiny` overrides in bounds).
+
+    Raises:
+        FileNotFoundError: not an exported projector folder.
+        ProjectorFolderError: a damaged config, another kvproj version, or model specs that cannot be read.
+        ValueError: a device or dtype override that is not valid.
+    """
+    from kvproj.projectors.io import CONFIG, ProjectorFolderError, check_version, read_config
+
+    directory = Path(projector_dir)
+    config = read_config(directory)
+    check_version(config, directory)
+    try:
+        return config, transfer_specs(config, device, dtype)
+    except (KeyError, TypeError, AttributeError) as err:
+        raise ProjectorFolderError(
+            f"--projector {directory}: {directory / CONFIG} has no valid source/target model spec "
+            f"({type(err).__name__}: {err}); re-export the folder from its checkpoint"
+        ) from err
+
+
 def load_transfer(
     projector_dir: str | Path, device: str | None = None, dtype: str | None = None
 ) -> TrainedTransfer:
     """Load a trained transfer from its exported folder (checkpoints/<run>/projector): reads
-    `projector_config.json`, checks its kvproj version, says which models it will load, loads both through their
-    specs, and rebuilds the projector inside a `CacheTransfer` (eval mode, on the target's device).
+    `projector_config.json`, checks its kvproj version and that the weights fit it, says which models it will load
+    (the folder chooses them), loads both through their specs, checks their cache geometries against the ones the
+    projector was trained for, and returns the projector inside a `CacheTransfer` (eval mode, target's device).
 
     Args:
         projector_dir: The exported projector folder.
         device: Override the models' device ("cpu", "cuda", "auto").
         dtype: Override the models' dtype ("float32", "bfloat16", "float16").
+
+    Raises:
+        FileNotFoundError, ProjectorFolderError: see `read_transfer`; also weights that do not fit the config.
+        ProjectorMismatchError: models whose cache geometry differs from the one the projector was trained for.
     """
-    from kvproj.projectors.io import check_version, load_projector, read_config
+    from kvproj.projectors.io import CONFIG, ProjectorMismatchError, load_projector
 
     directory = Path(projector_dir)
-    config = read_config(directory)
-    check_version(config, directory)
-    specs = transfer_specs(config, device, dtype)
+    config, specs = read_transfer(directory, device, dtype)
+    projector, _ = load_projector(directory)  # weights against the config, before any model is loaded
     for side in ("source", "target"):
         s = specs[side]
         log.info(
-            "%s model named by %s: %s (dtype %s, device %s%s)",
+            "loading the %s model named by %s: %s (dtype %s, device %s%s)",
             side,
-            directory / "projector_config.json",
+            directory / CONFIG,
             s.name,
             s.dtype,
             s.device,
@@ -214,7 +243,15 @@ def load_transfer(
         data.get("chat_template", False),
         data.get("question_template", DEFAULT_QUESTION_TEMPLATE),
     )
-    projector, _ = load_projector(directory, pair.source.geometry, pair.target.geometry)
+    for side, expected, loaded in (
+        ("source", projector.source_geometry, pair.source),
+        ("target", projector.target_geometry, pair.target),
+    ):
+        if problems := expected.mismatches(loaded.geometry):
+            raise ProjectorMismatchError(
+                f"projector {directory} was trained for a {side} cache of {expected.summary()}, but the {side} model "
+                f"{loaded.spec.name!r} has {loaded.geometry.summary()} ({'; '.join(problems)})"
+            )
     projector.to(pair.target.device)
     codec = pair.codec(data.get("answer_template", " {answer}"), data.get("max_context_tokens"))
     transfer = CacheTransfer(projector, key_norms(pair.target.model)).eval()

