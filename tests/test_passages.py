@@ -74,3 +74,13 @@ def test_mixed_stream_takes_each_corpus_by_its_share():
     assert dm.example_at(kinds.index("passages"))["id"].startswith("passage-train-")
     with pytest.raises(ValueError, match=r"data.text.share \+ data.passages.share"):
         _dm(passages={"share": 0.8}, text={"share": 0.5})
+
+
+def test_evaluate_reads_held_out_passage_sets():
+    from kvproj.eval.run import load_examples
+
+    val = load_examples("facts", "passages:val", "test", None, 30)
+    assert len(val) == 30 and {e["genre"] for e in val} <= set(CFG.val_genres)
+    assert len(load_examples("facts", "passages:test", "test", None, None)) == 200
+    with pytest.raises(ValueError, match="valid passage sets are passages:val and passages:test"):
+        load_examples("facts", "passages:train", "test", None, None)

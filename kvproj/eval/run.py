@@ -26,9 +26,21 @@ SPLITS: tuple[str, ...] = get_args(Split)
 LM_CONDITIONS = ("target_alone", "target_text", "projected", "shuffled_source")
 
 
+PASSAGES_PREFIX = "passages:"
+PASSAGES_EVAL_SIZE = 200  # examples in passages:val / passages:test unless --limit says otherwise
+
+
 def load_examples(task: str, eval_file: str | None, split: str, facts_options: dict | None, limit: int | None):
     from kvproj.data import facts as facts_data
 
+    if eval_file and eval_file.startswith(PASSAGES_PREFIX) and task == "facts":
+        from kvproj.data.passages import PassagesConfig, passage_example
+
+        which = eval_file[len(PASSAGES_PREFIX) :]
+        if which not in ("val", "test"):
+            raise ValueError(f"--eval_file {eval_file}: valid passage sets are passages:val and passages:test")
+        n = limit or PASSAGES_EVAL_SIZE
+        return [passage_example(PassagesConfig(), which, i) for i in range(n)]
     if eval_file:
         path = facts_data.narrative_eval_path() if eval_file == "narrative" else Path(eval_file)
         if not path.is_file() and not (task == "lm" and path.is_dir()):
@@ -189,7 +201,9 @@ def evaluate(
             source and target models that are loaded.
         task: "facts": generate answers (exact match, F1, answer NLL); "lm": perplexity of each text's second half
             given its first half (needs eval_file).
-        eval_file: JSONL of {"id"?, "context", "question", "answer"} ("narrative": the bundled file); for the lm
+        eval_file: JSONL of {"id"?, "context", "question", "answer"} ("narrative": the bundled file;
+            "passages:val" / "passages:test": 200 multi-genre passages of the genres held out from training by
+            the default data.passages settings); for the lm
             task a .txt with one text per line or a .jsonl with "text". Default: the facts split of the run.
         split: Facts split when no eval_file is given.
         limit: Evaluate only the first N examples.
