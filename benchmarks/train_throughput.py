@@ -14,31 +14,42 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
+from kvproj.callbacks.progress import batch_tokens
 from kvproj.data.datamodule import KVPairDataModule
 from kvproj.data.facts import FactsConfig
 from kvproj.models import ModelSpec
 from kvproj.module import KVProjectorModule
 from kvproj.pair import FrozenPair
-from kvproj.projectors.base import Projector
+from kvproj.projectors import C2CConfig, LinearConfig, LowRankConfig, Projector, ProjectorConfig
 
 PAIRS = {
     "smoke": (ModelSpec("tiny:llama", seed=1), ModelSpec("tiny:gemma3_text", seed=2)),
     "default": (ModelSpec("smollm2-135m-instruct"), ModelSpec("gemma3-270m")),
 }
-PROJECTORS = {"linear": {}, "lowrank": {"rank": 64}, "c2c": {"hidden": 256}}
+PROJECTORS = {"linear": LinearConfig(), "lowrank": LowRankConfig(rank=64), "c2c": C2CConfig(hidden=256)}
+
+
+@dataclass(frozen=True)
+class FloorConfig(ProjectorConfig):
+    """The floor: see `FloorProjector`."""
+
+    architecture: ClassVar[str] = "floor"
+
+    def build(self, source, target, mode: str = "replace") -> FloorProjector:
+        return FloorProjector(source, target, self, mode)
 
 
 class FloorProjector(Projector):
     """Zero-FLOP stand-in: tile/slice source features to the target width, times one learnable gain."""
 
-    architecture = "floor"
-
-    def __init__(self, source, target, **kwargs) -> None:
-        super().__init__(source, target, **kwargs)
+    def __init__(self, source, target, config: FloorConfig, mode: str = "replace") -> None:
+        super().__init__(source, target, config, mode)
         self.gain = nn.Parameter(torch.ones(()))
 
     def _shape(self, x: torch.Tensor) -> torch.Tensor:
@@ -83,17 +94,10 @@ def main(argv: list[str] | None = None) -> int:
         batches = [
             dm.collate([dm.encode(next(stream)) for _ in range(args.batch_size)]) for _ in range(args.steps + 2)
         ]
-        tokens = statistics.mean(
-            int(b["source_mask"].sum() + b["target_prefix_mask"].sum() + b["continuation_mask"].sum())
-            for b in batches
-        )
+        tokens = statistics.mean(batch_tokens(b) for b in batches)
         results = {}
-        for name in ["floor", *PROJECTORS]:
-            module = KVProjectorModule(pair=dm.pair, projector="linear")
-            if name == "floor":
-                module.transfer.projector = FloorProjector(dm.pair.source.geometry, dm.pair.target.geometry)
-            else:
-                module = KVProjectorModule(pair=dm.pair, projector=name, projector_args=PROJECTORS[name])
+        for name, config in {"floor": FloorConfig(), **PROJECTORS}.items():
+            module = KVProjectorModule(pair=dm.pair, projector=config)
             module.train()
             times = time_steps(dm, module, batches, warmup=2)
             results[name] = (statistics.median(times), module.projector.parameter_report())

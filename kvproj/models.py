@@ -315,7 +315,3 @@ def _freeze(loaded: LoadedModel) -> LoadedModel:
     loaded.model.requires_grad_(False)
     log.debug("loaded %s (%s): %s", loaded.spec.name, loaded.source_kind, loaded.geometry.summary())
     return loaded
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

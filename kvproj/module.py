@@ -5,19 +5,20 @@ and the datamodule.
 
 from __future__ import annotations
 
-import math
+import dataclasses
 import time
 from typing import Any
 
 import lightning as L
 import torch
+from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from kvproj.adapters.attention import key_norms as target_key_norms
 from kvproj.adapters.heads import logits_from_hidden
 from kvproj.cache import KVCache, forward_with_cache
 from kvproj.losses import answer_cross_entropy, kl_to_oracle, reconstruction
 from kvproj.pair import FrozenPair
-from kvproj.projectors import build_projector
+from kvproj.projectors import LinearConfig, ProjectorConfig
 from kvproj.transfer import CacheTransfer
 
 
@@ -26,9 +27,9 @@ class KVProjectorModule(L.LightningModule):
 
     Args:
         pair: The frozen models (the CLI builds them from the `pair:` section; not part of this section).
-        projector: Architecture name: linear, lowrank, c2c, identity.
-        projector_args: Extra init args of the architecture (e.g. {"rank": 64} or {"hidden": 512}).
-        layer_map: "proportional", "terminal" or one source layer index per target layer.
+        projector: The projector architecture and its settings, one config class per architecture:
+            LinearConfig, LowRankConfig, C2CConfig, IdentityConfig (kvproj.projectors), e.g.
+            `{class_path: LowRankConfig, init_args: {rank: 64}}`; all share `layer_map` and `target_key_norm`.
         mode: "replace" or "fuse" (fuse needs data.protocol "shared").
         answer_weight: Weight of the answer/continuation cross-entropy through the frozen target.
         kl_weight: Weight of KL(target reading the prefix as text || target with the projected cache), over
@@ -36,19 +37,20 @@ class KVProjectorModule(L.LightningModule):
         reconstruction_weight: Weight of the normalised MSE to the target's own cache of the same text.
         lr: Peak learning rate (AdamW).
         weight_decay: AdamW weight decay.
-        warmup_steps: Linear warmup steps.
-        min_lr_ratio: Cosine decay floor, as a fraction of `lr`.
+        warmup_steps: Linear warmup steps (from 0 at step 0 to `lr` at this step), then cosine decay to
+            `min_lr_ratio * lr` at the last step (transformers' get_cosine_with_min_lr_schedule_with_warmup).
+        min_lr_ratio: Cosine decay floor, as a fraction of `lr` (0 to 1).
         ridge_init: Start a linear projector from per-layer ridge regression on aligned cache pairs.
         ridge_batches: Batches of cache pairs for the ridge fit.
         ridge_lambda: Ridge penalty, relative to the mean feature variance.
     """
 
+    flops_per_batch: int | None = None  # read by Lightning's ThroughputMonitor: FLOPs are not counted
+
     def __init__(
         self,
         pair: FrozenPair | None = None,
-        projector: str = "linear",
-        projector_args: dict[str, Any] | None = None,
-        layer_map: str | list[int] = "proportional",
+        projector: ProjectorConfig = LinearConfig(),
         mode: str = "replace",
         answer_weight: float = 1.0,
         kl_weight: float = 0.0,
@@ -73,12 +75,26 @@ class KVProjectorModule(L.LightningModule):
                 raise ValueError(f"model.{name}: must be >= 0, got {w}")
         if answer_weight + kl_weight + reconstruction_weight <= 0:
             raise ValueError("model: at least one of answer_weight, kl_weight, reconstruction_weight must be > 0")
+        if warmup_steps < 0:
+            raise ValueError(f"model.warmup_steps: must be >= 0, got {warmup_steps}")
+        if not 0 <= min_lr_ratio <= 1:
+            raise ValueError(f"model.min_lr_ratio: must be between 0 and 1, got {min_lr_ratio}")
+        if not isinstance(projector, ProjectorConfig):
+            raise ValueError(
+                f"model.projector: got {projector!r}; give a projector config: LinearConfig(), LowRankConfig(rank=64), "
+                "C2CConfig(hidden=512) or IdentityConfig() from kvproj.projectors (YAML: {class_path: LowRankConfig, "
+                "init_args: {rank: 64}})"
+            )
         self.save_hyperparameters(ignore=["pair"])
+        if isinstance(self.hparams.get("projector"), ProjectorConfig):
+            # built in Python, not by the CLI: record it as the CLI does (class_path + init_args), JSON-friendly
+            cls = type(projector)
+            self.hparams["projector"] = {
+                "class_path": f"{cls.__module__}.{cls.__qualname__}",
+                "init_args": dataclasses.asdict(projector),
+            }
         self.pair = pair  # not an nn.Module: frozen weights stay out of state_dict and checkpoints
-        proj = build_projector(
-            projector, pair.source.geometry, pair.target.geometry, layer_map=layer_map, mode=mode,
-            **(projector_args or {}),
-        )  # fmt: skip
+        proj = projector.build(pair.source.geometry, pair.target.geometry, mode)
         self.transfer = CacheTransfer(proj, target_key_norms(pair.target.model))
         self._step_started = 0.0
 
@@ -161,12 +177,9 @@ class KVProjectorModule(L.LightningModule):
         return out["loss"]
 
     def on_train_batch_end(self, outputs: Any, batch: dict[str, Any], batch_idx: int) -> None:
-        # the clock started before the frozen models made this batch's caches (datamodule.on_after_batch_transfer)
+        # the clock started before the frozen models made this batch's caches (datamodule.on_after_batch_transfer);
+        # tokens/s: kvproj.callbacks.progress.TokenThroughput (Lightning's ThroughputMonitor)
         seconds = time.perf_counter() - batch.get("step_started", self._step_started)
-        tokens = int(
-            batch["source_mask"].sum() + batch["target_prefix_mask"].sum() + batch["continuation_mask"].sum()
-        )
-        self.log("train/tokens_per_s", tokens / max(seconds, 1e-9), prog_bar=True, batch_size=1)
         self.log("train/step_seconds", seconds, batch_size=1)
 
     @torch.no_grad()
@@ -229,17 +242,12 @@ class KVProjectorModule(L.LightningModule):
         hp = self.hparams
         params = [p for p in self.projector.parameters() if p.requires_grad]
         if not params:
-            raise ValueError(f"model.projector {hp.projector!r} has no trainable parameters")
+            raise ValueError(f"model.projector {self.projector.architecture!r} has no trainable parameters")
         optimizer = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
         total = max(int(self.trainer.estimated_stepping_batches), 1)
-
-        def schedule(step: int) -> float:
-            if step < hp.warmup_steps:
-                return (step + 1) / hp.warmup_steps
-            progress = min((step - hp.warmup_steps) / max(total - hp.warmup_steps, 1), 1.0)
-            return hp.min_lr_ratio + (1 - hp.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        scheduler = get_cosine_with_min_lr_schedule_with_warmup(
+            optimizer, num_warmup_steps=hp.warmup_steps, num_training_steps=total, min_lr_rate=hp.min_lr_ratio
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_fit_start(self) -> None:
@@ -256,6 +264,6 @@ class KVProjectorModule(L.LightningModule):
             "target": self.pair.target.spec.to_dict(),
             "source_geometry": self.pair.source.geometry.to_dict(),
             "target_geometry": self.pair.target.geometry.to_dict(),
-            "projector": self.hparams.projector,
+            "projector": self.projector.architecture,
             "projector_init_args": self.projector.init_args,
         }

@@ -18,6 +18,7 @@ from kvproj.callbacks.checkpointing import AtomicCheckpointIO, FinalCheckpoint, 
 from kvproj.callbacks.export import ProjectorExport
 from kvproj.callbacks.memory import MemoryWatch
 from kvproj.callbacks.preemption import FaultInjection, PreemptionHandler
+from kvproj.callbacks.progress import progress_callbacks
 from kvproj.data.datamodule import KVPairDataModule
 from kvproj.module import KVProjectorModule
 from kvproj.pair import FrozenPair
@@ -144,6 +145,7 @@ class KVProjCLI(LightningCLI):
             MemoryWatch(),
             ProjectorExport(ckpt_dir / "projector"),
             LearningRateMonitor(logging_interval="step"),
+            *progress_callbacks(trainer_config),  # tokens/s; steps/max_steps, loss, ETA (plain lines off a TTY)
         ]
         if run.checkpoint_every_minutes:
             callbacks.append(

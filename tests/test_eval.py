@@ -31,9 +31,17 @@ def test_exact_match_and_f1_on_constructed_cases():
 def test_bootstrap_ci_brackets_the_mean_and_is_seeded():
     values = [1.0] * 30 + [0.0] * 70
     lo, hi = metrics.bootstrap_ci(values, seed=3)
-    assert lo < 0.3 < hi and 0.15 < lo and hi < 0.45
-    assert metrics.bootstrap_ci(values, seed=3) == [lo, hi]
+    # the normal approximation: 0.3 +- 1.96 * sqrt(0.3 * 0.7 / 100) = [0.210, 0.390]
+    assert lo == pytest.approx(0.21, abs=0.02) and hi == pytest.approx(0.39, abs=0.02)
+    assert metrics.bootstrap_ci(values, seed=3) == [lo, hi]  # seeded: the same interval every time
+    assert isinstance(lo, float) and isinstance(hi, float)  # plain floats: results.json
     assert metrics.bootstrap_ci([0.5] * 10) == [0.5, 0.5]
+    assert metrics.bootstrap_ci([1.0, float("nan"), None, 1.0]) == [1.0, 1.0]  # NaN / None dropped
+    lo99, hi99 = metrics.bootstrap_ci(values, seed=3, level=0.99, resamples=4000)
+    assert lo99 < lo and hi < hi99
+    many = [float(i % 2) for i in range(5001)]  # 5001 values x 1000 resamples: drawn in two blocks
+    lo, hi = metrics.bootstrap_ci(many, seed=0)
+    assert lo == pytest.approx(0.5 - 0.0139, abs=0.004) and hi == pytest.approx(0.5 + 0.0139, abs=0.004)
 
 
 def test_gap_closed_arithmetic():

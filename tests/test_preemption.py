@@ -80,7 +80,7 @@ def test_bad_inputs_get_messages_and_nonzero_exits(tmp_path):
     assert proc.returncode == 2 and "no_such_key" in proc.stderr
     proc = fit(tmp_path, "--pair.source.name", "tiny:bert")
     assert proc.returncode == 1 and "unknown tiny family" in proc.stderr
-    proc = fit(tmp_path, "--model.layer_map", "[0, 0, 0, 9]")
+    proc = fit(tmp_path, "--model.projector.layer_map", "[0, 0, 0, 9]")
     assert proc.returncode == 1 and "target layer 3 maps to source layer 9" in proc.stderr
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")

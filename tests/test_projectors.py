@@ -1,4 +1,5 @@
-"""Every registered projector maps any geometry A -> B; fuse mode starts as a no-op; export reloads exactly."""
+"""Every projector architecture maps any geometry A -> B; fuse mode starts as a no-op; typed configs validate and
+round-trip through init_args; export reloads exactly."""
 
 from __future__ import annotations
 
@@ -8,13 +9,22 @@ from conftest import tiny
 
 from kvproj.adapters.attention import key_norms
 from kvproj.cache import forward_with_cache, read_cache
-from kvproj.projectors import REGISTRY, build_projector, resolve_layer_map
+from kvproj.projectors import (
+    ARCHITECTURES,
+    C2CConfig,
+    IdentityConfig,
+    LinearConfig,
+    LowRankConfig,
+    build_projector,
+    config_from_init_args,
+    resolve_layer_map,
+)
 from kvproj.projectors.io import ProjectorMismatchError, load_projector, save_projector
 from kvproj.transfer import CacheTransfer
 
 PAIRS = [("llama", "gemma3_text"), ("gpt2", "qwen2"), ("gemma3_text", "phi3"), ("gpt_neox", "mistral")]
-LEARNED = sorted(set(REGISTRY) - {"identity"})
-SMALL_ARGS = {"lowrank": {"rank": 8}, "c2c": {"hidden": 32}}
+SMALL = {"linear": LinearConfig(), "lowrank": LowRankConfig(rank=8), "c2c": C2CConfig(hidden=32)}
+LEARNED = sorted(SMALL)
 
 
 def _caches(source_family, target_family, length=12):
@@ -29,7 +39,7 @@ def _caches(source_family, target_family, length=12):
 @pytest.mark.parametrize("pair", PAIRS, ids=lambda p: f"{p[0]}->{p[1]}")
 def test_projector_maps_any_geometry(architecture, pair):
     s, t, source_kv, _, ids, mask = _caches(*pair)
-    proj = build_projector(architecture, s.geometry, t.geometry, **SMALL_ARGS.get(architecture, {}))
+    proj = SMALL[architecture].build(s.geometry, t.geometry)
     index = torch.arange(ids.shape[1]).expand_as(ids).clone()
     out = CacheTransfer(proj, key_norms(t.model))(source_kv, index, mask)
     g = t.geometry
@@ -43,7 +53,7 @@ def test_projector_maps_any_geometry(architecture, pair):
 @pytest.mark.parametrize("architecture", LEARNED)
 def test_fuse_mode_starts_as_a_no_op_and_learns(architecture):
     s, t, source_kv, target_kv, ids, mask = _caches("llama", "gemma3_text")
-    proj = build_projector(architecture, s.geometry, t.geometry, mode="fuse", **SMALL_ARGS.get(architecture, {}))
+    proj = SMALL[architecture].build(s.geometry, t.geometry, mode="fuse")
     proj.eval()
     transfer = CacheTransfer(proj, key_norms(t.model))
     index = torch.arange(ids.shape[1]).expand_as(ids).clone()
@@ -58,14 +68,58 @@ def test_fuse_mode_starts_as_a_no_op_and_learns(architecture):
     assert any(g is not None and g.abs().sum() > 0 for g in grads)
 
 
-def test_identity_needs_matching_heads():
-    with pytest.raises(ValueError, match="needs equal kv heads and head_dim"):
-        build_projector("identity", tiny("llama").geometry, tiny("gemma3_text").geometry)
+def test_identity_needs_matching_heads_and_replace_mode():
+    with pytest.raises(ValueError, match="needs equal kv heads and head_dim, got source 2x16 and target 1x32"):
+        IdentityConfig().build(tiny("llama").geometry, tiny("gemma3_text").geometry)
+    llama = tiny("llama").geometry
+    with pytest.raises(ValueError, match="IdentityConfig only works with model.mode 'replace', got 'fuse'"):
+        IdentityConfig().build(llama, llama, mode="fuse")
 
 
-def test_unknown_projector_lists_valid_ones():
-    with pytest.raises(ValueError, match="model.projector: got 'mlp'; valid: c2c, identity, linear, lowrank"):
-        build_projector("mlp", tiny("llama").geometry, tiny("qwen2").geometry)
+def test_configs_refuse_bad_values_naming_the_setting():
+    with pytest.raises(ValueError, match="model.projector.rank: must be an integer >= 1, got 0"):
+        LowRankConfig(rank=0)
+    with pytest.raises(ValueError, match="model.projector.hidden: must be an integer >= 1, got 0"):
+        C2CConfig(hidden=0)
+    with pytest.raises(ValueError, match="model.projector.depth: must be an integer >= 1, got 1.5"):
+        C2CConfig(depth=1.5)
+    with pytest.raises(ValueError, match="model.projector.gate_temperature_end: must be > 0, got 0.0"):
+        C2CConfig(gate_temperature_end=0.0)
+    with pytest.raises(ValueError, match="model.projector.target_key_norm: must be false for IdentityConfig"):
+        IdentityConfig(target_key_norm=True)
+    with pytest.raises(ValueError, match="model.mode: got 'merge'; valid: replace, fuse"):
+        LinearConfig().build(tiny("llama").geometry, tiny("qwen2").geometry, mode="merge")
+
+
+def test_unknown_architecture_or_init_arg_lists_valid_ones():
+    s, t = tiny("llama").geometry, tiny("qwen2").geometry
+    assert sorted(ARCHITECTURES) == ["c2c", "identity", "linear", "lowrank"]
+    with pytest.raises(
+        ValueError, match="unknown projector architecture 'mlp'; valid: c2c, identity, linear, lowrank"
+    ):
+        build_projector("mlp", s, t)
+    with pytest.raises(
+        ValueError, match="projector 'lowrank': unknown init args hidden; valid: layer_map, rank, "
+    ):
+        build_projector("lowrank", s, t, hidden=3)
+
+
+def test_init_args_keep_the_exported_format_and_round_trip():
+    # the keys projector_config.json and checkpoints have always had: the config's fields plus the mode
+    assert LowRankConfig(rank=8, layer_map="terminal").init_args("fuse") == {
+        "layer_map": "terminal", "target_key_norm": True, "rank": 8, "mode": "fuse",
+    }  # fmt: skip
+    assert IdentityConfig().init_args("replace") == {
+        "layer_map": "proportional", "target_key_norm": False, "mode": "replace",
+    }  # fmt: skip
+    s, t = tiny("llama").geometry, tiny("gemma3_text").geometry
+    for config in [*SMALL.values(), C2CConfig(hidden=16, depth=1, gate_init=-1.0, hard_gate_in_eval=False)]:
+        proj = config.build(s, t, mode="fuse")
+        assert (proj.architecture, proj.mode) == (config.architecture, "fuse")
+        assert config_from_init_args(proj.architecture, proj.init_args) == (config, "fuse")
+    # a folder written before typed configs (identity's init_args as they were) still builds
+    old = {"layer_map": "proportional", "mode": "replace", "target_key_norm": False}
+    assert build_projector("identity", s, s, **old).config == IdentityConfig()
 
 
 def test_layer_maps():
@@ -85,7 +139,7 @@ def test_layer_maps():
 @pytest.mark.parametrize("architecture", LEARNED)
 def test_export_reloads_to_identical_outputs(architecture, tmp_path):
     s, t, source_kv, _, ids, mask = _caches("llama", "gemma3_text")
-    proj = build_projector(architecture, s.geometry, t.geometry, **SMALL_ARGS.get(architecture, {}))
+    proj = SMALL[architecture].build(s.geometry, t.geometry)
     with torch.no_grad():
         for p in proj.parameters():
             p.add_(torch.randn_like(p) * 0.01)  # not the init: a reload must carry trained weights
@@ -93,6 +147,8 @@ def test_export_reloads_to_identical_outputs(architecture, tmp_path):
     save_projector(tmp_path / "proj", proj, s.spec.to_dict(), t.spec.to_dict())
     again, config = load_projector(tmp_path / "proj", s.geometry, t.geometry)
     assert config["architecture"] == architecture and config["source"]["spec"]["name"] == "tiny:llama"
+    assert config["init_args"] == SMALL[architecture].init_args("replace")
+    assert again.config == SMALL[architecture]
     index = torch.arange(ids.shape[1]).expand_as(ids).clone()
     a = CacheTransfer(proj, key_norms(t.model))(source_kv, index, mask)
     b = CacheTransfer(again, key_norms(t.model))(source_kv, index, mask)
@@ -103,7 +159,7 @@ def test_export_reloads_to_identical_outputs(architecture, tmp_path):
 
 def test_export_is_atomic_and_refuses_non_folders(tmp_path):
     s, t = tiny("llama"), tiny("qwen2")
-    proj = build_projector("linear", s.geometry, t.geometry)
+    proj = LinearConfig().build(s.geometry, t.geometry)
     save_projector(tmp_path / "p", proj, s.spec.to_dict(), t.spec.to_dict())
     save_projector(tmp_path / "p", proj, s.spec.to_dict(), t.spec.to_dict())  # replace in place
     assert sorted(x.name for x in tmp_path.iterdir()) == ["p"]  # no temp or .old folder left

@@ -1,10 +1,9 @@
-"""Tests for kvproj.data.text: local files, datasets builders offline, resumable streams, the sampled corpus."""
+"""Tests for kvproj.data.text: local files, datasets builders offline, the sampled corpus."""
 
 from __future__ import annotations
 
 import json
 import re
-from itertools import islice
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,6 @@ import kvproj.models
 from kvproj.data import text as text_module
 from kvproj.data.text import (
     DEFAULT_PROMPTS,
-    ResumableTextStream,
     iter_hf_dataset,
     iter_local_texts,
     meta_path,
@@ -135,51 +133,6 @@ def test_hf_unreachable_dataset_error_names_it_and_suggests_local(monkeypatch):
     message = str(info.value)
     assert "'some-org/surely-not-cached-dataset'" in message
     assert "iter_local_texts" in message and "data_files" in message
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Resumable stream
-
-
-def test_resumable_stream_resumes_exactly(corpus_dir):
-    full = list(ResumableTextStream.from_local(corpus_dir))
-    stream = ResumableTextStream.from_local(corpus_dir)
-    head = list(islice(stream, 4))
-    state = stream.state_dict()
-    assert state == {"index": 4}
-    resumed = ResumableTextStream.from_local(corpus_dir)
-    resumed.load_state_dict(json.loads(json.dumps(state)))  # survives a JSON checkpoint
-    assert head + list(resumed) == full
-    assert resumed.state_dict() == {"index": len(full)}
-
-
-def test_resumable_stream_repeat_resumes_across_epochs(corpus_dir):
-    uninterrupted = list(islice(ResumableTextStream.from_local(corpus_dir, repeat=True), 20))
-    assert uninterrupted[:6] == uninterrupted[6:12]
-    first = ResumableTextStream.from_local(corpus_dir, repeat=True)
-    part = list(islice(first, 9))
-    second = ResumableTextStream.from_local(corpus_dir, repeat=True)
-    second.load_state_dict(first.state_dict())  # index 9: mid second epoch, the source length is not yet known
-    assert part + list(islice(second, 11)) == uninterrupted
-    assert second.state_dict() == {"index": 20}
-
-
-def test_resumable_stream_over_hf_dataset(tmp_path):
-    path = _write_jsonl(tmp_path / "c.jsonl", [{"text": f"t{i}"} for i in range(5)])
-    stream = ResumableTextStream.from_hf("json", data_files=str(path))
-    assert list(islice(stream, 2)) == ["t0", "t1"]
-    again = ResumableTextStream.from_hf("json", data_files=str(path))
-    again.load_state_dict(stream.state_dict())
-    assert list(again) == ["t2", "t3", "t4"]
-
-
-def test_resumable_stream_errors(tmp_path):
-    stream = ResumableTextStream(lambda start: iter(["a", "b"][start:]))
-    with pytest.raises(ValueError, match="state must be {'index': int >= 0}, got {'position': 3}"):
-        stream.load_state_dict({"position": 3})
-    empty = ResumableTextStream(lambda start: iter([]), repeat=True)
-    with pytest.raises(ValueError, match="the source yields no texts"):
-        next(iter(empty))
 
 
 # ---------------------------------------------------------------------------------------------------------------

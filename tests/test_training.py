@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import subprocess
 import sys
-from contextlib import redirect_stdout
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -18,6 +20,7 @@ from kvproj.data.facts import FactsConfig
 from kvproj.models import ModelSpec
 from kvproj.module import KVProjectorModule
 from kvproj.pair import FrozenPair
+from kvproj.projectors import IdentityConfig, LinearConfig, LowRankConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
@@ -49,12 +52,26 @@ def test_smoke_fit_writes_outputs_and_resumes(tmp_path):
     # only projector weights are checkpointed; the frozen models never enter a .ckpt
     assert state["state_dict"] and all(k.startswith("transfer.projector.") for k in state["state_dict"])
     assert state["kvproj"]["target"]["name"] == "tiny:gemma3_text"
+    assert state["kvproj"]["projector"] == "linear"
+    assert state["kvproj"]["projector_init_args"] == {
+        "layer_map": "proportional", "target_key_norm": True, "bias": True, "mode": "replace",
+    }  # fmt: skip
+    # stdout is a pipe here: plain progress lines every trainer.log_every_n_steps (5) steps and at the end
+    lines = [line for line in first.stdout.splitlines() if line.startswith("step ")]
+    assert [line.split(" | ")[0] for line in lines] == ["step 5/12 (42%)", "step 10/12 (83%)", "step 12/12 (100%)"]
+    assert re.fullmatch(
+        r"step 5/12 \(42%\) \| train/loss \d+\.\d{4} \| [\d,]+ tok/s \| \d+\.\d\d s/step \| "
+        r"elapsed \d+:\d\d:\d\d \| ETA \d+:\d\d:\d\d",
+        lines[0],
+    ), lines[0]
+    assert "| val/loss " in lines[1]  # validated at step 6
 
     second = run_cli("fit", *common, "--trainer.max_steps", "16", "--ckpt_path", "last")
     assert second.returncode == 0, second.stderr[-3000:]
     resumed = _ckpt(ckpt_dir / "last.ckpt")
     assert resumed["global_step"] == 16
     assert resumed["KVPairDataModule"]["consumed"] == 16 * 8
+    assert "step 16/16 (100%)" in second.stdout and "step 5/" not in second.stdout  # counts from the resumed step
     assert not list((tmp_path / "lightning_logs").glob("smoke*/version_*"))  # same run folder, no version_N
     assert any(not torch.equal(state["state_dict"][k], resumed["state_dict"][k]) for k in state["state_dict"])
 
@@ -72,6 +89,77 @@ def test_every_config_parses(config):
     header = config.read_text().splitlines()[0]
     assert header.startswith("# ")  # every config says what it is ...
     assert "python -m kvproj" in config.read_text().split("\nrun:")[0]  # ... and how to run it
+
+
+def _print_config(*args: str) -> str:
+    from kvproj.cli import main
+
+    out = io.StringIO()
+    with redirect_stdout(out), pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", "configs/smoke.yaml", *args, "--print_config"])
+    assert exit_info.value.code in (0, None)
+    return out.getvalue()
+
+
+def test_projector_config_forms_on_the_command_line_and_in_yaml(tmp_path):
+    text = _print_config("--model.projector", "LowRankConfig", "--model.projector.rank", "32")
+    assert "class_path: kvproj.projectors.LowRankConfig\n    init_args:\n      layer_map: proportional\n" in text
+    assert "      rank: 32\n" in text
+    short = tmp_path / "lowrank.yaml"  # a short class name in YAML
+    short.write_text("model:\n  projector:\n    class_path: LowRankConfig\n    init_args: {rank: 16}\n")
+    text = _print_config("--config", str(short), "--model.projector.layer_map", "terminal")
+    assert "class_path: kvproj.projectors.LowRankConfig" in text
+    assert "      layer_map: terminal\n" in text and "      rank: 16\n" in text
+    text = _print_config("--model.projector", "C2CConfig", "--model.projector.hidden", "64")
+    assert "class_path: kvproj.projectors.C2CConfig" in text and "      hidden: 64\n" in text
+    assert "      gate_temperature_end: 0.1\n" in text  # every field shows, with its default
+
+
+def test_bad_projector_settings_name_the_setting(tmp_path):
+    from kvproj.cli import main
+
+    err = io.StringIO()
+    with redirect_stderr(err), pytest.raises(SystemExit):
+        main(["fit", "--config", "configs/smoke.yaml", "--model.projector", "lowrank", "--print_config"])
+    assert 'Parser key "model.projector"' in err.getvalue() and "lowrank" in err.getvalue()
+    err = io.StringIO()
+    with redirect_stderr(err), pytest.raises(SystemExit):
+        main(["fit", "--config", "configs/smoke.yaml", "--model.projector.rank", "8", "--print_config"])
+    assert "Option 'rank' is not accepted" in err.getvalue()  # LinearConfig has no rank
+    proc = run_cli(
+        "fit", "--config", "configs/smoke.yaml", "--trainer.default_root_dir", str(tmp_path),
+        "--model.projector", "LowRankConfig", "--model.projector.rank", "0",
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert "model.projector.rank: must be an integer >= 1, got 0" in proc.stderr
+
+
+def test_lr_schedule_warms_up_then_decays_to_the_floor():
+    dm = _dm()
+    module = KVProjectorModule(pair=dm.pair, lr=1e-3, warmup_steps=10, min_lr_ratio=0.1)
+    module._trainer = SimpleNamespace(estimated_stepping_batches=110)
+    scheduler = module.configure_optimizers()["lr_scheduler"]["scheduler"]
+    factor = scheduler.lr_lambdas[0]
+    # linear warmup from 0 (step 0) to 1 (step warmup_steps), half-cosine to min_lr_ratio at the last step
+    expected = {0: 0.0, 5: 0.5, 10: 1.0, 60: 0.1 + 0.9 * 0.5, 110: 0.1}
+    assert {step: round(factor(step), 6) for step in expected} == pytest.approx(expected)
+    assert factor(35) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + 0.7071067811865476))  # a quarter into the decay
+
+
+def test_progress_callbacks_respect_the_trainer_settings():
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    from kvproj.callbacks.progress import StepProgressBar, TokenThroughput, batch_tokens, progress_callbacks
+
+    assert [type(c) for c in progress_callbacks({})] == [TokenThroughput, StepProgressBar]
+    assert [type(c) for c in progress_callbacks({"enable_progress_bar": False})] == [TokenThroughput]
+    assert [type(c) for c in progress_callbacks({"callbacks": [RichProgressBar()]})] == [TokenThroughput]
+    batch = {
+        "source_mask": torch.tensor([[1, 1, 0], [1, 1, 1]]),
+        "target_prefix_mask": torch.tensor([[0, 1], [1, 1]]),
+        "continuation_mask": torch.tensor([[1, 1, 1, 0]]),
+    }
+    assert batch_tokens(batch) == 5 + 3 + 3
 
 
 def _dm(source=ModelSpec("tiny:llama", seed=1), target=ModelSpec("tiny:gemma3_text", seed=2), **kwargs):
@@ -93,7 +181,7 @@ def _batch(dm: KVPairDataModule, start: int = 0) -> dict:
 
 def test_same_model_identity_transfer_matches_reading_the_text():
     dm = _dm(target=ModelSpec("tiny:llama", seed=1))
-    module = KVProjectorModule(pair=dm.pair, projector="identity")
+    module = KVProjectorModule(pair=dm.pair, projector=IdentityConfig())
     batch = _batch(dm)
     with torch.no_grad():
         out, projected, hidden = module.losses(batch)
@@ -131,7 +219,7 @@ def test_ridge_start_fits_the_target_cache_better_than_random():
     from kvproj.ridge import ridge_init
 
     dm = _dm(target=ModelSpec("tiny:qwen2", seed=2))
-    module = KVProjectorModule(pair=dm.pair, projector="linear", ridge_batches=4)
+    module = KVProjectorModule(pair=dm.pair, projector=LinearConfig(), ridge_batches=4)
     batch = _batch(dm, start=500)
     valid = batch["target_prefix_mask"].bool() & (batch["align_index"] >= 0)
     with torch.no_grad():
@@ -147,8 +235,17 @@ def test_bad_settings_name_the_setting():
     dm = _dm()
     with pytest.raises(ValueError, match="model.mode: got 'merge'; valid: replace, fuse"):
         KVProjectorModule(pair=dm.pair, mode="merge")
-    with pytest.raises(ValueError, match="model.layer_map: target layer 0 maps to source layer 9"):
-        KVProjectorModule(pair=dm.pair, layer_map=[9, 0, 0, 0])
+    with pytest.raises(ValueError, match="model.projector.layer_map: target layer 0 maps to source layer 9"):
+        KVProjectorModule(pair=dm.pair, projector=LinearConfig(layer_map=[9, 0, 0, 0]))
+    with pytest.raises(ValueError, match="model.projector: got 'lowrank'; give a projector config: LinearConfig"):
+        KVProjectorModule(pair=dm.pair, projector="lowrank")
+    with pytest.raises(ValueError, match="model.min_lr_ratio: must be between 0 and 1, got 1.5"):
+        KVProjectorModule(pair=dm.pair, min_lr_ratio=1.5)
+    module = KVProjectorModule(pair=dm.pair, projector=LowRankConfig(rank=4))
+    assert module.hparams.projector == {  # recorded as the CLI records it: JSON-friendly for the export
+        "class_path": "kvproj.projectors.lowrank.LowRankConfig",
+        "init_args": {"layer_map": "proportional", "target_key_norm": True, "rank": 4},
+    }
     with pytest.raises(ValueError, match="at least one of answer_weight"):
         KVProjectorModule(pair=dm.pair, answer_weight=0.0)
 

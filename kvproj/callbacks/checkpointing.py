@@ -76,7 +76,7 @@ def validate_checkpoint(path: str | Path, module: L.LightningModule) -> None:
     expected = {
         "source geometry": pair.source.geometry.to_dict(),
         "target geometry": pair.target.geometry.to_dict(),
-        "projector": module.hparams.projector,
+        "projector": module.projector.architecture,
         "projector init args": module.projector.init_args,
     }
     found = {
@@ -90,7 +90,7 @@ def validate_checkpoint(path: str | Path, module: L.LightningModule) -> None:
         raise CheckpointError(
             f"--ckpt_path {path}: made for {meta.get('source', {}).get('name')} -> {meta.get('target', {}).get('name')} "
             f"with projector {meta.get('projector')!r}; this run is {pair.source.spec.name} -> {pair.target.spec.name} "
-            f"with {module.hparams.projector!r}. Differs in: {', '.join(wrong)}"
+            f"with {module.projector.architecture!r}. Differs in: {', '.join(wrong)}"
         )
 
 

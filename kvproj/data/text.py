@@ -1,4 +1,4 @@
-"""Text sources for general-text training: local files, `datasets` builders, a resumable stream wrapper, and
+"""Text sources for general-text training: local files, `datasets` builders, and
 `sample_corpus`, which makes a broad-vocabulary corpus offline by sampling from a model.
 """
 
@@ -9,7 +9,7 @@ import json
 import logging
 import random
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -139,78 +139,6 @@ def iter_hf_dataset(
         text = row[field]
         if text:
             yield str(text)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Resumable stream
-
-
-class ResumableTextStream:
-    """Iterates texts from `make_iter` and records how many were consumed, so a run can resume exactly.
-
-    `make_iter(start)` must return an iterator over the source starting at text `start` (a function of `start`
-    only); `from_local` / `from_hf` build one. Each `iter()` continues from the current index. With
-    `repeat=True` the source restarts when exhausted (epochs) and the index keeps counting.
-
-    Example:
-        stream = ResumableTextStream.from_local("corpus.jsonl")
-        state = stream.state_dict()           # {"index": n}: texts handed out so far
-        stream.load_state_dict(state)         # later, in a new process: continues at text n
-    """
-
-    def __init__(self, make_iter: Callable[[int], Iterable[str]], *, repeat: bool = False) -> None:
-        self._make_iter = make_iter
-        self.repeat = repeat
-        self.index = 0
-        self._epoch_len: int | None = None
-
-    @classmethod
-    def from_local(cls, path: str | Path, *, field: str = "text", repeat: bool = False) -> ResumableTextStream:
-        return cls(lambda start: iter_local_texts(path, field=field, start=start), repeat=repeat)
-
-    @classmethod
-    def from_hf(cls, name: str, *, repeat: bool = False, **kwargs: Any) -> ResumableTextStream:
-        """Skip-ahead by index over `iter_hf_dataset(name, **kwargs)`."""
-
-        def make(start: int) -> Iterator[str]:
-            it = iter_hf_dataset(name, **kwargs)
-            for _ in range(start):
-                if next(it, None) is None:
-                    return
-            yield from it
-
-        return cls(make, repeat=repeat)
-
-    def state_dict(self) -> dict[str, int]:
-        return {"index": self.index}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        index = state.get("index") if isinstance(state, dict) else None
-        if not isinstance(index, int) or index < 0:
-            raise ValueError(f"ResumableTextStream state must be {{'index': int >= 0}}, got {state!r}")
-        self.index = index
-
-    def __iter__(self) -> Iterator[str]:
-        while True:
-            offset = self.index if self._epoch_len is None else self.index % self._epoch_len
-            produced = 0
-            for text in self._make_iter(offset):
-                produced += 1
-                self.index += 1  # count before handing out: a checkpoint taken now includes this text
-                yield text
-            if not self.repeat:
-                return
-            if self._epoch_len is None:
-                # The source ran out after `produced` texts from `offset`; if it yielded nothing, count it.
-                self._epoch_len = offset + produced if produced else self._count()
-            elif produced == 0:
-                raise ValueError("ResumableTextStream(repeat=True): the source yields no texts")
-
-    def _count(self) -> int:
-        n = sum(1 for _ in self._make_iter(0))
-        if n == 0:
-            raise ValueError("ResumableTextStream(repeat=True): the source yields no texts")
-        return n
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -1,4 +1,13 @@
-"""The projector interface and registry: one architecture per file, each registering itself here.
+"""The projector interface and its typed configs.
+
+One architecture per file, each with two classes: a `ProjectorConfig` subclass (a frozen dataclass: the
+architecture's settings, validated and documented; LightningCLI shows them under `model.projector`) and the
+`Projector` it builds (the nn.Module). In a YAML config:
+
+    model:
+      projector:
+        class_path: kvproj.projectors.LowRankConfig   # or just LowRankConfig
+        init_args: {rank: 64}
 
 A projector maps, for every target layer, the source keys/values at aligned positions (RoPE already undone)
 to target keys/values (RoPE not yet applied). The transfer pipeline (kvproj/transfer.py) does the rotations.
@@ -6,7 +15,10 @@ to target keys/values (RoPE not yet applied). The transfer pipeline (kvproj/tran
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import dataclasses
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
@@ -15,64 +27,111 @@ from kvproj.cache import CacheGeometry
 from kvproj.projectors.layer_map import resolve_layer_map
 
 MODES = ("replace", "fuse")
-REGISTRY: dict[str, type[Projector]] = {}
+ARCHITECTURES: dict[str, type[ProjectorConfig]] = {}  # architecture name -> config class, filled by subclassing
 
 
-def register(name: str):
-    def wrap(cls: type[Projector]) -> type[Projector]:
-        if name in REGISTRY:
-            raise ValueError(f"projector {name!r} registered twice")
-        cls.architecture = name
-        REGISTRY[name] = cls
-        return cls
+@dataclass(frozen=True)
+class ProjectorConfig(ABC):
+    """Settings every projector architecture has. Subclasses add theirs and implement `build`.
 
-    return wrap
+    Args:
+        layer_map: "proportional", "terminal" or one source layer index per target layer.
+        target_key_norm: In replace mode, pass projected keys through the target's own frozen key norm (Gemma 3,
+            Qwen 3) before RoPE, which puts them on the target's key scale for free.
+    """
+
+    architecture: ClassVar[str] = ""  # the name in projector_config.json and checkpoints
+
+    layer_map: Literal["proportional", "terminal"] | list[int] = "proportional"
+    target_key_norm: bool = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        name = cls.__dict__.get("architecture")
+        if not name:
+            return
+        known = ARCHITECTURES.get(name)
+        if known is not None and known.__qualname__ != cls.__qualname__:
+            raise ValueError(
+                f"projector architecture {name!r} defined twice: {known.__qualname__}, {cls.__qualname__}"
+            )
+        ARCHITECTURES[name] = cls
+
+    @abstractmethod
+    def build(self, source: CacheGeometry, target: CacheGeometry, mode: str = "replace") -> Projector:
+        """The projector for these cache geometries, initialised.
+
+        Args:
+            source: Geometry of the source model's cache.
+            target: Geometry of the target model's cache.
+            mode: "replace" (the projection IS the target cache) or "fuse" (added to the target's own cache of
+                the same text; an untrained projector then changes nothing).
+        """
+
+    def init_args(self, mode: str) -> dict[str, Any]:
+        """The settings as written to projector_config.json and checkpoints (`init_args`), with the mode."""
+        return {**dataclasses.asdict(self), "mode": mode}
+
+
+def config_from_init_args(architecture: str, init_args: dict[str, Any]) -> tuple[ProjectorConfig, str]:
+    """The config and mode that `ProjectorConfig.init_args` wrote (projector_config.json, checkpoints)."""
+    if architecture not in ARCHITECTURES:
+        raise ValueError(
+            f"unknown projector architecture {architecture!r}; valid: {', '.join(sorted(ARCHITECTURES))}"
+        )
+    cls = ARCHITECTURES[architecture]
+    args = dict(init_args)
+    mode = args.pop("mode", "replace")
+    fields = {f.name for f in dataclasses.fields(cls)}
+    if unknown := sorted(set(args) - fields):
+        raise ValueError(
+            f"projector {architecture!r}: unknown init args {', '.join(unknown)}; valid: {', '.join(sorted(fields))}"
+        )
+    return cls(**args), mode
 
 
 def build_projector(
     architecture: str, source: CacheGeometry, target: CacheGeometry, **init_args: Any
 ) -> Projector:
-    if architecture not in REGISTRY:
-        raise ValueError(f"model.projector: got {architecture!r}; valid: {', '.join(sorted(REGISTRY))}")
-    return REGISTRY[architecture](source, target, **init_args)
+    """Build by architecture name from `init_args` as `ProjectorConfig.init_args` wrote them (mode included)."""
+    config, mode = config_from_init_args(architecture, init_args)
+    return config.build(source, target, mode)
 
 
 class Projector(nn.Module):
-    """Base class. Subclasses implement `project_layer` and declare their init args.
+    """Base class. Subclasses implement `project_layer`; their settings are their `ProjectorConfig`.
 
     Args:
         source: Geometry of the source model's cache.
         target: Geometry of the target model's cache.
-        layer_map: "proportional", "terminal" or one source layer index per target layer.
-        mode: "replace" (the projection IS the target cache) or "fuse" (added to the target's own cache of the
-            same text; an untrained projector then changes nothing).
-        target_key_norm: In replace mode, pass projected keys through the target's own frozen key norm (Gemma 3,
-            Qwen 3) before RoPE, which puts them on the target's key scale for free.
+        config: The architecture's settings.
+        mode: "replace" or "fuse" (see `ProjectorConfig.build`).
     """
 
-    architecture: ClassVar[str] = ""
-
     def __init__(
-        self,
-        source: CacheGeometry,
-        target: CacheGeometry,
-        layer_map: str | list[int] = "proportional",
-        mode: str = "replace",
-        target_key_norm: bool = True,
+        self, source: CacheGeometry, target: CacheGeometry, config: ProjectorConfig, mode: str = "replace"
     ) -> None:
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"model.mode: got {mode!r}; valid: {', '.join(MODES)}")
+        self.config = config
         self.source_geometry = source
         self.target_geometry = target
-        self.layer_map = resolve_layer_map(layer_map, source.num_layers, target.num_layers)
+        self.layer_map = resolve_layer_map(config.layer_map, source.num_layers, target.num_layers)
         self.mode = mode
-        self.target_key_norm = target_key_norm and mode == "replace"
-        self.init_args: dict[str, Any] = {"layer_map": layer_map, "mode": mode, "target_key_norm": target_key_norm}
+        self.target_key_norm = config.target_key_norm and mode == "replace"
         self.progress = 0.0  # training progress in [0, 1] (annealing schedules); set by the LightningModule
-        self.step = (
-            0  # optimizer step: stochastic projectors seed their noise from it (exact resume, no RNG state)
-        )
+        # optimizer step: stochastic projectors seed their noise from it (exact resume, no RNG state)
+        self.step = 0
+
+    @property
+    def architecture(self) -> str:
+        return self.config.architecture
+
+    @property
+    def init_args(self) -> dict[str, Any]:
+        """Everything needed to rebuild it (with `build_projector`): the config's fields and the mode."""
+        return self.config.init_args(self.mode)
 
     def set_progress(self, fraction: float, step: int = 0) -> None:
         self.progress = float(min(max(fraction, 0.0), 1.0))

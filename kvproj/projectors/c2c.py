@@ -5,11 +5,14 @@ decide how much of it enters the target cache. Zero-initialised output: an untra
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 from torch import nn
 
 from kvproj.cache import CacheGeometry
-from kvproj.projectors.base import Projector, register
+from kvproj.projectors.base import Projector, ProjectorConfig
 
 
 class _FuserNet(nn.Module):
@@ -33,8 +36,8 @@ class _FuserNet(nn.Module):
         return self.out(h), torch.sigmoid(self.head_weight(h))
 
 
-@register("c2c")
-class C2CFuser(Projector):
+@dataclass(frozen=True)
+class C2CConfig(ProjectorConfig):
     """Cache-to-Cache-style fuser with per-layer gates.
 
     Gate: a logit per target layer; in training a Gumbel-sigmoid sample at a temperature annealed from
@@ -42,42 +45,51 @@ class C2CFuser(Projector):
     In replace mode the target features are absent (zeros) and the output is the gated correction alone.
 
     Args:
-        hidden: Width of each MLP.
-        depth: Hidden layers per MLP.
+        hidden: Width of each MLP (>= 1).
+        depth: Hidden layers per MLP (>= 1).
         gate_init: Initial gate logit (positive = layer starts open).
-        gate_temperature_start: Gumbel-sigmoid temperature at the start of training.
-        gate_temperature_end: Temperature at the end of training.
+        gate_temperature_start: Gumbel-sigmoid temperature at the start of training (> 0).
+        gate_temperature_end: Temperature at the end of training (> 0).
         hard_gate_in_eval: Use a hard 0/1 gate at inference (as in C2C).
     """
 
-    def __init__(
-        self,
-        source: CacheGeometry,
-        target: CacheGeometry,
-        hidden: int = 512,
-        depth: int = 2,
-        gate_init: float = 3.0,
-        gate_temperature_start: float = 1.0,
-        gate_temperature_end: float = 0.1,
-        hard_gate_in_eval: bool = True,
-        **kwargs,
-    ) -> None:
-        super().__init__(source, target, **kwargs)
-        self.init_args.update(
-            hidden=hidden,
-            depth=depth,
-            gate_init=gate_init,
-            gate_temperature_start=gate_temperature_start,
-            gate_temperature_end=gate_temperature_end,
-            hard_gate_in_eval=hard_gate_in_eval,
-        )
+    architecture: ClassVar[str] = "c2c"
+
+    hidden: int = 512
+    depth: int = 2
+    gate_init: float = 3.0
+    gate_temperature_start: float = 1.0
+    gate_temperature_end: float = 0.1
+    hard_gate_in_eval: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("hidden", "depth"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"model.projector.{name}: must be an integer >= 1, got {value!r}")
+        for name in ("gate_temperature_start", "gate_temperature_end"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"model.projector.{name}: must be > 0, got {getattr(self, name)!r}")
+
+    def build(self, source: CacheGeometry, target: CacheGeometry, mode: str = "replace") -> C2CFuser:
+        return C2CFuser(source, target, self, mode)
+
+
+class C2CFuser(Projector):
+    """Per target layer, K and V fuser nets propose a correction, per-head weights and a gate scale it (see
+    `C2CConfig`)."""
+
+    config: C2CConfig
+
+    def __init__(self, source: CacheGeometry, target: CacheGeometry, config: C2CConfig, mode: str = "replace"):
+        super().__init__(source, target, config, mode)
         d_in = source.width + (target.width if self.mode == "fuse" else 0)
-        n, heads = target.num_layers, target.num_kv_heads
+        n, heads, hidden, depth = target.num_layers, target.num_kv_heads, config.hidden, config.depth
         self.keys = nn.ModuleList(_FuserNet(d_in, target.width, heads, hidden, depth) for _ in range(n))
         self.values = nn.ModuleList(_FuserNet(d_in, target.width, heads, hidden, depth) for _ in range(n))
-        self.gate_logits = nn.Parameter(torch.full((n,), float(gate_init)))
-        self.t_start, self.t_end = gate_temperature_start, gate_temperature_end
-        self.hard_gate_in_eval = hard_gate_in_eval
+        self.gate_logits = nn.Parameter(torch.full((n,), float(config.gate_init)))
+        self.t_start, self.t_end = config.gate_temperature_start, config.gate_temperature_end
+        self.hard_gate_in_eval = config.hard_gate_in_eval
 
     def temperature(self) -> float:
         # geometric annealing: most of the sharpening happens late

@@ -22,21 +22,23 @@ def resolve_layer_map(layer_map: str | list[int], source_layers: int, target_lay
         if layer_map == "terminal":
             return [max(0, t - (target_layers - source_layers)) for t in range(target_layers)]
         raise ValueError(
-            f"model.layer_map: got {layer_map!r}; valid: {', '.join(repr(k) for k in LAYER_MAP_KINDS)} "
+            f"model.projector.layer_map: got {layer_map!r}; valid: {', '.join(repr(k) for k in LAYER_MAP_KINDS)} "
             f"or a list of {target_layers} source layer indices (one per target layer)"
         )
     mapping = list(layer_map)
     if len(mapping) != target_layers:
         raise ValueError(
-            f"model.layer_map: the list has {len(mapping)} entries but the target has {target_layers} layers; "
+            f"model.projector.layer_map: the list has {len(mapping)} entries but the target has {target_layers} layers; "
             f"give one source layer (0-{source_layers - 1}) per target layer"
         )
     for t, s in enumerate(mapping):
         if not isinstance(s, int) or isinstance(s, bool):
-            raise ValueError(f"model.layer_map: target layer {t} maps to {s!r}, which is not a layer index")
+            raise ValueError(
+                f"model.projector.layer_map: target layer {t} maps to {s!r}, which is not a layer index"
+            )
         if not 0 <= s < source_layers:
             raise ValueError(
-                f"model.layer_map: target layer {t} maps to source layer {s}, but the source has "
+                f"model.projector.layer_map: target layer {t} maps to source layer {s}, but the source has "
                 f"{source_layers} layers (0-{source_layers - 1})"
             )
     return mapping
