@@ -251,3 +251,13 @@ def test_the_projector_folder_names_its_models_before_they_load(tmp_path, monkey
     assert len(first) == 2 and all(r.startswith(f"loading the {side} model named by {proj}") for r, side in
                                    zip(first, ("source", "target")))  # fmt: skip
     assert "tiny:llama" in first[0] and "tiny:qwen2" in first[1]
+
+
+def test_progress_lines_when_not_a_terminal(tmp_path, caplog):
+    proj = _export(tmp_path, "identity", "llama", "llama")
+    with caplog.at_level(logging.INFO, logger="kvproj"):
+        evaluate(str(proj), eval_file=str(_eval_file(tmp_path)), output=str(tmp_path / "p" / "results.json"),
+                 batch_size=2, max_new_tokens=2, conditions=("target_alone", "projected"))  # fmt: skip
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("evaluated ")]
+    assert [line.split(",")[0] for line in lines] == ["evaluated 2/6 examples", "evaluated 4/6 examples",
+                                                      "evaluated 6/6 examples"]  # fmt: skip

@@ -3,10 +3,13 @@ run every condition, write results.json and generations.jsonl (never over result
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
+import sys
+import time
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -76,6 +79,33 @@ def _lm_example(i: int, text: str) -> dict[str, Any]:
     cut = text.rfind(" ", 0, len(text) // 2)
     cut = cut if cut > 0 else len(text) // 2
     return {"id": f"lm-{i}", "context": text[:cut], "question": "", "answer": text[cut:].lstrip()}
+
+
+@contextlib.contextmanager
+def _progress(total: int):
+    """A progress bar on a terminal; on a log file or pipe (nohup, cluster jobs) a plain line after every batch
+    that completes at least 10% more, with the elapsed time and an estimate of the rest."""
+    if sys.stderr.isatty():
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        with Progress(
+            TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True
+        ) as bar:
+            job = bar.add_task("eval", total=total)
+            yield lambda n: bar.advance(job, n)
+        return
+    start, done, shown = time.perf_counter(), 0, 0
+
+    def advance(n: int) -> None:
+        nonlocal done, shown
+        done += n
+        if done - shown >= max(total // 10, 1) or done == total:
+            shown = done
+            elapsed = time.perf_counter() - start
+            rest = elapsed / done * (total - done)
+            log.info("evaluated %d/%d examples, %.0f s elapsed, about %.0f s to go", done, total, elapsed, rest)
+
+    yield advance
 
 
 def build_evaluator(
@@ -237,13 +267,8 @@ def evaluate(
     evaluator, config = build_evaluator(projector, device, settings)
     out = Path(output)
     generations = out.with_name("generations.jsonl")
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    with Progress(
-        TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True
-    ) as bar:
-        job = bar.add_task("eval", total=len(examples))
-        results, rows = evaluator.run(examples, progress=lambda n: bar.advance(job, n), generate=task == "facts")
+    with _progress(len(examples)) as advance:
+        results, rows = evaluator.run(examples, progress=advance, generate=task == "facts")
     if task == "lm":  # likelihood only: perplexity of the continuation given each prefix
         for c in results["conditions"].values():
             c["exact_match"] = c["f1"] = None
