@@ -28,7 +28,7 @@ def fit(root: Path, *extra: str, fault: str | None = None, config: str = "config
 
 
 def step_of(path: Path) -> int:
-    return torch.load(path, map_location="cpu", weights_only=False)["global_step"]
+    return torch.load(path, map_location="cpu", weights_only=True)["global_step"]
 
 
 def test_sigterm_finishes_the_step_checkpoints_and_exits_143(tmp_path):
@@ -98,7 +98,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert "FloatingPointError: train/loss is nan at step 5" in proc.stderr
     assert "the last good checkpoint is kept" in proc.stderr
     last = tmp_path / "checkpoints" / "smoke" / "last.ckpt"
-    state = torch.load(last, map_location="cpu", weights_only=False)
+    state = torch.load(last, map_location="cpu", weights_only=True)
     assert state["global_step"] == 4  # the periodic checkpoint before the divergence, untouched
     assert all(torch.isfinite(v).all() for v in state["state_dict"].values())
 
@@ -115,5 +115,5 @@ def test_full_disk_during_save_keeps_the_previous_file(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="No space left"):
         io.save_checkpoint({"step": 2}, path)
     monkeypatch.undo()
-    assert torch.load(path, weights_only=False) == {"step": 1}
+    assert torch.load(path, weights_only=True) == {"step": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]

@@ -56,5 +56,7 @@ class ProjectorExport(L.Callback):
             self.export(trainer, module)
 
     def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if getattr(trainer, "kvproj_preempted", False):  # leave promptly; the run that finishes exports
+            return
         self.export(trainer, module)
         log.info("projector exported to %s", self.dirpath)

@@ -212,7 +212,11 @@ class KVPairDataModule(L.LightningDataModule):
             raise ValueError(f"data.question_template must contain '{{question}}', got {question_template!r}")
         if "{answer}" not in answer_template:
             raise ValueError(f"data.answer_template must contain '{{answer}}', got {answer_template!r}")
-        for name, value in (("batch_size", batch_size), ("val_batch_size", val_batch_size)):
+        for name, value in (
+            ("batch_size", batch_size),
+            ("val_batch_size", val_batch_size),
+            ("max_context_tokens", max_context_tokens),
+        ):
             if value < 1:
                 raise ValueError(f"data.{name}: must be >= 1, got {value}")
         if not 0.0 <= text.share <= 1.0:
