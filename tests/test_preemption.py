@@ -62,6 +62,19 @@ def test_preempt_script_resumes_bitwise_equal():
     assert "weights=EQUAL" in proc.stdout and "resumes=3" in proc.stdout
 
 
+@pytest.mark.faults
+def test_fault_matrix_slice():
+    """Two cells of `preempt_test.py --matrix` (seeded): SIGKILL in the middle of a checkpoint write, and SIGUSR1 as
+    a configured preemption signal in the middle of a projector export; by steps and by minutes, keep 1."""
+    proc = subprocess.run(
+        [sys.executable, "scripts/preempt_test.py", "--matrix", "--seed", "0", "--max_steps", "14",
+         "--cells", "save/KILL,export/USR1", "--settings", "minutes-keep1-facts_off"],
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    assert "2 cells (1 seed(s)), 2 bitwise equal, 0 stale last, 0 corrupt last, 0 -v files" in proc.stdout
+
+
 def test_truncated_and_foreign_checkpoints_are_refused(tmp_path):
     assert fit(tmp_path / "a").returncode == 0
     last = tmp_path / "a" / "checkpoints" / "smoke" / "last.ckpt"
