@@ -36,7 +36,7 @@ test-fast: setup
 test-heavy: setup
 	$(PY) -m pytest -m heavy -q
 
-# The full fault matrix (kill points x signals x checkpoint settings, 2 seeds; ~30 min on 2 CPU cores):
+# The full fault matrix (kill points x signals x checkpoint settings, 2 seeds; ~13 min on one CPU core):
 # every cell must resume bitwise equal to an uninterrupted run. Results: docs/results/preempt_matrix.json.
 preempt-matrix: setup
 	$(PY) scripts/preempt_test.py --matrix --seed 0 --seed 1 --json docs/results/preempt_matrix.json
