@@ -155,6 +155,9 @@ class KVProjCLI(LightningCLI):
             ensure_writable(folder, setting)
         for stale in ckpt_dir.glob(".*.ckpt.*.tmp"):  # left by a kill -9 mid-save; never a usable checkpoint
             stale.unlink(missing_ok=True)
+        previous_export = ckpt_dir / ".projector.old"  # an export killed between its two renames
+        if previous_export.is_dir() and not (ckpt_dir / "projector").exists():
+            os.replace(previous_export, ckpt_dir / "projector")
         for stale in ckpt_dir.glob(".projector.*"):  # a projector export killed half-way (the folder is intact)
             shutil.rmtree(stale, ignore_errors=True)
         kwargs["default_root_dir"] = str(root)
