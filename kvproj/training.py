@@ -3,26 +3,37 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import shutil
 import tempfile
+import time
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from kvproj.callbacks.checkpointing import AtomicCheckpointIO, FinalCheckpoint, validate_checkpoint
+from kvproj.callbacks.checkpointing import (
+    LAST,
+    PERIODIC,
+    AtomicCheckpointIO,
+    FiniteStateGuard,
+    RunCheckpoint,
+    validate_checkpoint,
+)
 from kvproj.callbacks.export import ProjectorExport
+from kvproj.callbacks.faults import fault_callbacks
 from kvproj.callbacks.memory import MemoryWatch
-from kvproj.callbacks.preemption import FaultInjection, PreemptionHandler
+from kvproj.callbacks.preemption import PreemptionHandler
 from kvproj.callbacks.progress import progress_callbacks
 from kvproj.data.datamodule import KVPairDataModule
 from kvproj.module import KVProjectorModule
 from kvproj.pair import FrozenPair
 
+log = logging.getLogger(__name__)
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -36,7 +47,8 @@ class RunOptions:
         checkpoint_every_minutes: Also save last.ckpt every M minutes of wall-clock time (None: off).
         keep_checkpoints: Keep the newest N periodic checkpoints (last.ckpt is always kept).
         preemption_signals: Signals that mean "preempted": finish the step, checkpoint, exit 143.
-        overwrite: Start from scratch even if this run already has checkpoints (they are replaced as training goes).
+        overwrite: Start from scratch even if this run already has outputs: its checkpoint and log folders are
+            moved aside to <name>.old-<timestamp> first.
     """
 
     name: str = "default"
@@ -65,6 +77,26 @@ def run_dirs(root: str | Path, name: str) -> tuple[Path, Path]:
     return root / "checkpoints" / name, root / "lightning_logs" / name
 
 
+def has_checkpoints(ckpt_dir: Path) -> bool:
+    return (ckpt_dir / LAST).exists() or any(PERIODIC.match(p.name) for p in ckpt_dir.glob("step=*.ckpt"))
+
+
+def move_aside(folders: list[Path]) -> list[tuple[Path, Path]]:
+    """Rename each non-empty folder to <name>.old-<timestamp> (one timestamp for all); return the moves made."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    moves = []
+    for folder in folders:
+        if not folder.is_dir() or not any(folder.iterdir()):
+            continue
+        target, n = folder.with_name(f"{folder.name}.old-{stamp}"), 1
+        while target.exists():
+            n += 1
+            target = folder.with_name(f"{folder.name}.old-{stamp}-{n}")
+        os.replace(folder, target)
+        moves.append((folder, target))
+    return moves
+
+
 class KVProjCLI(LightningCLI):
     def __init__(self, args: list[str] | None = None, **kwargs) -> None:
         super().__init__(
@@ -72,6 +104,8 @@ class KVProjCLI(LightningCLI):
             KVPairDataModule,
             args=args,
             save_config_kwargs={"overwrite": True},
+            # `--trainer.max_step 5` is an error, not a guess at `max_steps`
+            parser_kwargs={"allow_abbrev": False, **{c: {"allow_abbrev": False} for c in self.subcommands()}},
             **kwargs,
         )
 
@@ -92,17 +126,22 @@ class KVProjCLI(LightningCLI):
 
     def before_fit(self) -> None:
         ckpt = self.config["fit"].get("ckpt_path")
-        existing = Path(self.trainer.checkpoint_callback.dirpath) / "last.ckpt"
-        run = self.config["fit"]["run"]
-        overwrite = run.overwrite if isinstance(run, RunOptions) else run.get("overwrite", False)
-        if ckpt is None and existing.exists() and not overwrite:
+        ckpt_dir = Path(self.trainer.checkpoint_callback.dirpath)
+        existing = ckpt_dir / LAST
+        if ckpt is None and has_checkpoints(ckpt_dir):  # (with run.overwrite they were moved aside already)
             raise FileExistsError(
-                f"run {existing.parent.name!r} already has checkpoints ({existing}); resume it with --ckpt_path last, "
-                "start a new run with --run.name NAME, or replace it with --run.overwrite true"
+                f"run {ckpt_dir.name!r} already has checkpoints ({existing if existing.exists() else ckpt_dir}); "
+                "resume it with --ckpt_path last, start a new run with --run.name NAME, or replace it with "
+                "--run.overwrite true"
             )
         if ckpt == "last":
-            ckpt_dir = Path(self.trainer.checkpoint_callback.dirpath)
-            ckpt = ckpt_dir / "last.ckpt" if (ckpt_dir / "last.ckpt").exists() else None
+            ckpt = existing if existing.exists() else None
+            if ckpt is None:
+                log.warning(
+                    "--ckpt_path last: no last.ckpt in %s, so training starts from step 0 (a new run). If you "
+                    "meant to resume, check --run.name and --trainer.default_root_dir",
+                    ckpt_dir,
+                )
         if ckpt and str(ckpt) not in ("best", "hpc", "registry"):
             validate_checkpoint(ckpt, self.model)
 
@@ -117,50 +156,56 @@ class KVProjCLI(LightningCLI):
             raise ValueError(f"run.name: got {name!r}; use letters, digits, '.', '_' or '-' (it names folders)")
         if every < 1:
             raise ValueError(f"run.checkpoint_every_n_steps: must be >= 1, got {every}")
+        minutes = run.checkpoint_every_minutes
+        if minutes is not None and not minutes > 0:
+            raise ValueError(f"run.checkpoint_every_minutes: must be > 0 (or null: off), got {minutes}")
         trainer_config = self._get(self.config_init, "trainer", default={})
         root = Path(trainer_config.get("default_root_dir") or os.getcwd())
         ckpt_dir, log_dir = run_dirs(root, name)
+        if run.overwrite and self.subcommand == "fit":
+            self._overwrite(ckpt_dir, log_dir, config.get("ckpt_path"))
         for folder, setting in ((ckpt_dir, "trainer.default_root_dir"), (log_dir, "trainer.default_root_dir")):
             ensure_writable(folder, setting)
         for stale in ckpt_dir.glob(".*.ckpt.*.tmp"):  # left by a kill -9 mid-save; never a usable checkpoint
             stale.unlink(missing_ok=True)
+        previous_export = ckpt_dir / ".projector.old"  # an export killed between its two renames
+        if previous_export.is_dir() and not (ckpt_dir / "projector").exists():
+            os.replace(previous_export, ckpt_dir / "projector")
+        for stale in ckpt_dir.glob(".projector.*"):  # a projector export killed half-way (the folder is intact)
+            shutil.rmtree(stale, ignore_errors=True)
         kwargs["default_root_dir"] = str(root)
         if trainer_config.get("logger") in (None, True):
             kwargs["logger"] = TensorBoardLogger(save_dir=str(root / "lightning_logs"), name=name, version="")
-        callbacks = list(trainer_config.get("callbacks") or [])
-        callbacks += [
-            ModelCheckpoint(
-                dirpath=str(ckpt_dir),
-                filename="step={step:07d}",
-                auto_insert_metric_name=False,
-                every_n_train_steps=every,
-                save_top_k=keep,
-                monitor="step",
-                mode="max",
-                save_last=True,
-            ),
-            FinalCheckpoint(ckpt_dir),
-            FaultInjection(ckpt_dir),  # before the handler: an injected signal is acted on at the same step end
+        user_callbacks = list(trainer_config.get("callbacks") or [])
+        kwargs["callbacks"] = [
+            *fault_callbacks(ckpt_dir),  # test hook, only with KVPROJ_FAULT; before the handler (same step end)
+            # first: on preemption the checkpoint is written before any other step-end work (e.g. facts eval)
             PreemptionHandler(ckpt_dir, tuple(run.preemption_signals)),
+            *user_callbacks,
+            FiniteStateGuard(ckpt_dir),
             MemoryWatch(),
             ProjectorExport(ckpt_dir / "projector"),
             LearningRateMonitor(logging_interval="step"),
+            RunCheckpoint(ckpt_dir, every_n_steps=every, keep=keep, every_minutes=minutes),  # the one writer
             *progress_callbacks(trainer_config),  # tokens/s; steps/max_steps, loss, ETA (plain lines off a TTY)
         ]
-        if run.checkpoint_every_minutes:
-            callbacks.append(
-                ModelCheckpoint(
-                    dirpath=str(ckpt_dir),
-                    filename="time-{step:07d}",
-                    train_time_interval=timedelta(minutes=run.checkpoint_every_minutes),
-                    save_top_k=1,
-                    monitor="step",
-                    mode="max",
-                    save_last=True,
-                )
-            )
-        kwargs["callbacks"] = callbacks
         plugins = trainer_config.get("plugins") or []
         plugins = plugins if isinstance(plugins, list) else [plugins]
         kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
         return super().instantiate_trainer(**kwargs)
+
+    @staticmethod
+    def _overwrite(ckpt_dir: Path, log_dir: Path, ckpt_path: str | None) -> None:
+        """run.overwrite: move the old run's checkpoints and logs aside, so the new run starts clean."""
+        if ckpt_path == "last":
+            raise ValueError(
+                "run.overwrite true with --ckpt_path last: one starts the run afresh, the other resumes it; "
+                "drop one of them"
+            )
+        if ckpt_path and ckpt_dir.resolve() in Path(ckpt_path).resolve().parents:
+            raise ValueError(
+                f"run.overwrite true with --ckpt_path {ckpt_path}: that file is in the run folder being moved "
+                f"aside ({ckpt_dir}); copy it elsewhere first or drop run.overwrite"
+            )
+        for old, new in move_aside([ckpt_dir, log_dir]):
+            log.warning("run.overwrite: moved the old run's %s aside to %s", old, new)

@@ -1,68 +1,267 @@
-"""Checkpoint files that are never half-written, and a last.ckpt that holds the final step of a run."""
+"""Checkpoints you can trust: loading one runs no code, a save is never half-written, a non-finite state never
+replaces a good one, and one writer keeps `last.ckpt` (the run's newest state) and the newest N `step=*.ckpt`."""
 
 from __future__ import annotations
 
+import logging
 import os
-import signal
-import tempfile
+import pickle
+import re
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from kvproj.atomic import atomic_open
 
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Write to a temporary file in the same folder, fsync, then rename over the destination: a kill -9 in the
-    middle of a save leaves the previous file intact (or no file), never a truncated one that `last` picks."""
+log = logging.getLogger(__name__)
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                if os.environ.get("KVPROJ_KILL_DURING_SAVE"):  # fault injection: die with a half-done save
-                    f.truncate(f.tell() // 2)
-                    os.kill(os.getpid(), signal.SIGKILL)
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-
-
-class FinalCheckpoint(L.Callback):
-    """Save `last.ckpt` when fit ends, so a finished run's last checkpoint is its final step (periodic saves
-    happen every N steps and would otherwise miss the tail)."""
-
-    def __init__(self, dirpath: str | Path) -> None:
-        self.path = Path(dirpath) / "last.ckpt"
-
-    def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        if not getattr(trainer, "kvproj_preempted", False):  # a preempted run has just saved it
-            trainer.save_checkpoint(self.path)
+LAST = "last.ckpt"
+PERIODIC = re.compile(r"^step=(\d+)\.ckpt$")
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used for this run: truncated, not kvproj's, or for another pair/projector."""
 
 
-def read_checkpoint(path: str | Path) -> dict:
-    """Load a checkpoint file or raise CheckpointError naming it (missing, truncated, not a checkpoint)."""
+def load_checkpoint_file(path: str | Path, setting: str = "--ckpt_path", mmap: bool = False) -> dict:
+    """torch.load with weights_only=True: tensors and plain Python values only, so a crafted file cannot run code
+    while it is read. Everything kvproj and Lightning write loads this way. Raises CheckpointError naming the file."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"--ckpt_path {path}: no such file")
+        raise CheckpointError(f"{setting} {path}: no such file")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if "weights_only" in str(err) or "Unsupported global" in str(err):
+            raise CheckpointError(
+                f"{setting} {path}: refused: it holds Python objects that could run code when loaded ({first}). "
+                "kvproj checkpoints hold only tensors and plain values; load only checkpoints that you made"
+            ) from err
+        raise CheckpointError(
+            f"{setting} {path}: cannot be read as a checkpoint (truncated or not one): {first}"
+        ) from err
     except Exception as err:  # truncated zip, garbage, wrong format: all mean "not usable"
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise CheckpointError(
-            f"--ckpt_path {path}: cannot be read as a checkpoint (truncated or not one): {first}"
+            f"{setting} {path}: cannot be read as a checkpoint (truncated or not one): {first}"
         ) from err
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """Load a checkpoint file or raise CheckpointError naming it (missing, truncated, not a checkpoint, unsafe)."""
+    return load_checkpoint_file(path)
+
+
+def checkpoint_step(path: str | Path) -> int | None:
+    """global_step stored in a checkpoint file (None if there is none or it cannot be read)."""
+    try:
+        return int(load_checkpoint_file(path, mmap=True).get("global_step"))
+    except (CheckpointError, TypeError, ValueError):
+        return None
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write to a temporary file in the same folder, fsync, then rename over the destination: a kill -9 in the
+    middle of a save leaves the previous file intact (or no file), never a truncated one that `last` picks.
+    Loads with weights_only=True (what Lightning's own resume, validate and test read through)."""
+
+    def _write(self, checkpoint: dict[str, Any], f: BinaryIO) -> None:
+        torch.save(checkpoint, f)
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
+        path = Path(path)
+        try:
+            with atomic_open(path, "wb") as f:  # temp file beside it, fsync, rename; removed on failure
+                self._write(checkpoint, f)
+        except OSError as err:
+            if getattr(err, "kvproj_explained", False):
+                raise
+            kept = f"the previous {path.name} is kept" if path.exists() else f"no {path.name} was written"
+            reason = os.strerror(err.errno) if err.errno else str(err)
+            new = OSError(
+                err.errno,
+                f"cannot write checkpoint {path}: {reason}; {kept}; free space on that disk or "
+                f"point --trainer.default_root_dir to another one, then resume with --ckpt_path last",
+            )
+            new.kvproj_explained = True
+            raise new from err
+
+    def load_checkpoint(self, path, map_location=None, weights_only: bool | None = None) -> dict[str, Any]:
+        return load_checkpoint_file(path)  # never weights_only=False, whatever the caller asks
+
+
+def _non_finite(tensors: Any, prefix: str) -> str | None:
+    """Name of the first floating tensor holding NaN/inf in a (nested) state, or None."""
+    if isinstance(tensors, torch.Tensor):
+        if tensors.is_floating_point() and not torch.isfinite(tensors).all():
+            return prefix
+        return None
+    if isinstance(tensors, dict):
+        items = tensors.items()
+    elif isinstance(tensors, list | tuple):
+        items = enumerate(tensors)
+    else:
+        return None
+    for key, value in items:
+        found = _non_finite(value, f"{prefix}.{key}" if not prefix.endswith(" ") else f"{prefix}{key}")
+        if found:
+            return found
+    return None
+
+
+class FiniteStateGuard(L.Callback):
+    """Refuse to write a checkpoint whose projector weights or optimizer state hold NaN/inf: the previous (good)
+    files stay, and the run stops with a message naming the step of the good checkpoint kept.
+
+    Args:
+        dirpath: The run's checkpoint folder (to name the good last.ckpt kept).
+    """
+
+    def __init__(self, dirpath: str | Path) -> None:
+        self.dirpath = Path(dirpath)
+
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        bad = _non_finite(checkpoint.get("state_dict", {}), "projector weight ") or _non_finite(
+            checkpoint.get("optimizer_states", []), "optimizer state "
+        )
+        if bad is None:
+            return
+        last = self.dirpath / LAST
+        step = checkpoint_step(last) if last.is_file() else None
+        kept = (
+            f"the last good checkpoint, {last} (step {step}), is kept"
+            if step is not None
+            else f"no checkpoint of this run was written before ({self.dirpath} has no {LAST})"
+        )
+        advice = [f"lower model.lr (now {module.hparams.get('lr')})", "raise model.warmup_steps"]
+        if str(trainer.precision)[:2] not in ("32", "64"):
+            advice.append(f"use trainer.precision 32-true (now {trainer.precision})")
+        raise FloatingPointError(
+            f"{bad} is not finite (NaN/inf) at step {trainer.global_step}: checkpoint not written; {kept}. "
+            f"The run diverged: {' or '.join(advice)}, in a new run (--run.name NAME, or --run.overwrite true): "
+            "a resumed run keeps the learning rate saved in its checkpoint"
+        )
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """The one writer of a run's checkpoints: `last.ckpt` (always the newest state: every N steps, every M minutes,
+    on preemption and at the end of fit) and the newest `keep` `step=NNNNNNN.ckpt` files. Never `-vN` files: a name
+    that exists is replaced. last.ckpt is written before the periodic file of the same step, so a kill between the
+    two never leaves last.ckpt older than a periodic file; files left by an interrupted run beyond the step resumed
+    from, or over `keep`, are removed when training starts.
+
+    Args:
+        dirpath: The run's checkpoint folder.
+        every_n_steps: Periodic checkpoint (and last.ckpt) every N optimizer steps.
+        keep: Periodic checkpoints kept (the newest).
+        every_minutes: Also save last.ckpt every M minutes of training (None: off).
+    """
+
+    def __init__(
+        self, dirpath: str | Path, every_n_steps: int, keep: int, every_minutes: float | None = None
+    ) -> None:
+        super().__init__(
+            dirpath=str(dirpath),
+            filename="step={step:07d}",
+            auto_insert_metric_name=False,
+            every_n_train_steps=every_n_steps,
+            save_top_k=keep,
+            monitor="step",
+            mode="max",
+            save_last=True,
+            enable_version_counter=False,
+        )
+        self.keep = keep
+        self.every_seconds = every_minutes * 60 if every_minutes else None
+        self._last_written_step: int | None = None
+        self._last_written_time = time.monotonic()
+
+    @property
+    def state_key(self) -> str:  # the name checkpoints of earlier kvproj versions stored this state under
+        return self._generate_state_key(
+            monitor=self.monitor,
+            mode=self.mode,
+            every_n_train_steps=self._every_n_train_steps,
+            every_n_epochs=self._every_n_epochs,
+            train_time_interval=self._train_time_interval,
+        ).replace(type(self).__qualname__, "ModelCheckpoint", 1)
+
+    # ----------------------------------------------------------------- what is on disk
+    def periodic_files(self) -> dict[int, Path]:
+        folder = Path(self.dirpath)
+        if not folder.is_dir():
+            return {}
+        return {int(m.group(1)): p for p in folder.iterdir() if (m := PERIODIC.match(p.name))}
+
+    def _sync_from_disk(self, trainer: L.Trainer, current_step: int) -> None:
+        """Keep the newest `keep` periodic files at or before `current_step`; make Lightning's top-k state say so."""
+        files = self.periodic_files()
+        for step, path in files.items():
+            if step > current_step:
+                log.warning("removing %s: beyond step %d that training resumed from", path, current_step)
+        newest = sorted((s for s in files if s <= current_step), reverse=True)[: self.keep]
+        for step, path in files.items():
+            if step not in newest and trainer.is_global_zero:
+                path.unlink(missing_ok=True)
+        self.best_k_models = {str(files[s]): torch.tensor(s) for s in newest}
+        if newest:
+            self.best_model_path, self.best_model_score = str(files[newest[0]]), torch.tensor(newest[0])
+            if len(newest) == self.keep:
+                self.kth_best_model_path, self.kth_value = str(files[newest[-1]]), torch.tensor(newest[-1])
+            else:
+                self.kth_best_model_path, self.kth_value = "", torch.tensor(-torch.inf)
+        self.last_model_path = str(Path(self.dirpath) / LAST)
+
+    # ----------------------------------------------------------------- hooks
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        super().on_train_start(trainer, module)
+        self._last_written_time = time.monotonic()
+        self._last_written_step = trainer.global_step if trainer.ckpt_path else None
+        self._sync_from_disk(trainer, trainer.global_step)
+        for stale in Path(self.dirpath).glob(f".{LAST}.*.tmp"):
+            stale.unlink(missing_ok=True)
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        super().on_train_batch_end(trainer, module, outputs, batch, batch_idx)
+        if (
+            self.every_seconds is not None
+            and time.monotonic() - self._last_written_time >= self.every_seconds
+            and self._last_written_step != trainer.global_step
+            and not trainer.sanity_checking
+        ):
+            self.write_last(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        # the final step, whatever the periodic interval (a finished run's last.ckpt is its final step)
+        if self._last_written_step != trainer.global_step:
+            self.write_last(trainer)
+
+    def write_last(self, trainer: L.Trainer) -> Path:
+        """Write last.ckpt now (preemption, time-based saves, end of fit)."""
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        return Path(self.dirpath) / LAST
+
+    # ----------------------------------------------------------------- Lightning's writers, reordered
+    def _save_topk_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict) -> None:
+        self._save_last_checkpoint(trainer, monitor_candidates)  # last first: never older than a periodic file
+        super()._save_topk_checkpoint(trainer, monitor_candidates)
+        self._sync_from_disk(trainer, trainer.global_step)
+
+    def _save_last_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict) -> None:
+        if self._last_written_step == trainer.global_step and (Path(self.dirpath) / LAST).exists():
+            return  # already written at this step
+        self.last_model_path = str(Path(self.dirpath) / LAST)
+        self._save_checkpoint(trainer, self.last_model_path)
+        self._last_written_step = trainer.global_step
+        self._last_written_time = time.monotonic()
 
 
 def validate_checkpoint(path: str | Path, module: L.LightningModule) -> None:

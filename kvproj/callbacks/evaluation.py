@@ -40,7 +40,7 @@ class FactsEvalCallback(L.Callback):
 
         dm = trainer.datamodule
         examples = dm.val_raw()[: self.limit]
-        if not examples or dm.dataset != "facts":
+        if not examples or dm.dataset not in ("facts", "passages"):
             return None
         settings = EvalSettings(
             batch_size=dm.val_batch_size, max_new_tokens=self.max_new_tokens, conditions=self.conditions
@@ -77,6 +77,8 @@ class FactsEvalCallback(L.Callback):
         return results
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if getattr(trainer, "kvproj_preempted", False):  # checkpointed and leaving: no eval on the way out
+            return
         if trainer.global_step % self.every_n_steps == 0 and trainer.global_step != self._last_step:
             self.evaluate(trainer, module)
 

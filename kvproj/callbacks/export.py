@@ -37,6 +37,10 @@ class ProjectorExport(L.Callback):
             extra["data"]["facts"] = {
                 k: getattr(dm.facts_options, k) for k in dm.facts_options.__dataclass_fields__
             }
+            extra["data"]["dataset"] = dm.dataset
+            extra["data"]["passages"] = {
+                k: getattr(dm.passages_options, k) for k in dm.passages_options.__dataclass_fields__
+            }
         save_projector(
             self.dirpath,
             module.projector,
@@ -50,5 +54,7 @@ class ProjectorExport(L.Callback):
             self.export(trainer, module)
 
     def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if getattr(trainer, "kvproj_preempted", False):  # leave promptly; the run that finishes exports
+            return
         self.export(trainer, module)
         log.info("projector exported to %s", self.dirpath)

@@ -1,5 +1,6 @@
 """Spot-instance preemption: on SIGTERM (and optionally SIGUSR1/SIGINT) finish the current step, write a
-checkpoint, stop, and let the CLI exit with 143 so a supervisor restarts the job (Lightning alone exits 0).
+checkpoint, stop at once (no validation, eval or export on the way out), and let the CLI exit with 143 so a
+supervisor restarts the job (Lightning alone exits 0).
 
 Signals are acted on at step boundaries: one optimizer step must be shorter than the provider's notice (often
 30 s - 2 min). `train/step_seconds` in TensorBoard shows it; lower data.batch_size or max_context_tokens if not.
@@ -10,10 +11,12 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 from pathlib import Path
 
 import lightning as L
-import torch
+
+from kvproj.callbacks.checkpointing import RunCheckpoint
 
 log = logging.getLogger(__name__)
 EXIT_PREEMPTED = 143  # 128 + SIGTERM: what supervisors expect from a job stopped by SIGTERM
@@ -49,11 +52,19 @@ class PreemptionHandler(L.Callback):
             self._previous[sig] = signal.signal(sig, self._handler)
 
     def on_train_batch_end(self, trainer: L.Trainer, module, outputs, batch, batch_idx) -> None:
-        if PreemptionHandler.received is not None and not trainer.should_stop:
+        if PreemptionHandler.received is None or preempted(trainer):
+            return
+        # checkpoint first, then leave at once: no validation pass (Lightning runs one when should_stop is set),
+        # no facts eval, no export (a later run exports at its end); the notice period is short
+        saver = trainer.checkpoint_callback
+        if isinstance(saver, RunCheckpoint):
+            saver.write_last(trainer)  # through the one writer of last.ckpt (no last-v1.ckpt beside it)
+        else:
             trainer.save_checkpoint(self.path)
-            log.warning("preempted: checkpoint at step %d written to %s", trainer.global_step, self.path)
-            trainer.should_stop = True
-            trainer.kvproj_preempted = True
+        trainer.kvproj_preempted = True
+        log.warning("preempted: checkpoint at step %d written to %s; exiting", trainer.global_step, self.path)
+        trainer.should_stop = True
+        trainer.limit_val_batches = 0
 
     def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         for sig, previous in self._previous.items():
@@ -64,29 +75,14 @@ def preempted(trainer: L.Trainer | None) -> bool:
     return bool(trainer is not None and getattr(trainer, "kvproj_preempted", False))
 
 
-class FaultInjection(L.Callback):
-    """Test hook for scripts/preempt_test.py: `KVPROJ_FAULT=STEP:SIGNAL` sends SIGNAL (TERM or KILL) to this
-    process when optimizer step STEP ends; `KVPROJ_FAULT=STEP:SAVEKILL` kills it in the middle of writing
-    last.ckpt at that step; `KVPROJ_FAULT=STEP:NAN` makes the projector diverge (NaN weights) after that step.
-    Inactive unless the variable is set."""
-
-    def __init__(self, dirpath: str | Path) -> None:
-        self.path = Path(dirpath) / "last.ckpt"
-        spec = os.environ.get("KVPROJ_FAULT", "")
-        self.step, self.kind = None, None
-        if spec:
-            step, kind = spec.split(":")
-            self.step, self.kind = int(step), kind.upper()
-
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        if self.step is None or trainer.global_step != self.step:
-            return
-        if self.kind == "NAN":
-            with torch.no_grad():
-                next(module.projector.parameters()).fill_(float("nan"))
-            return
-        if self.kind == "SAVEKILL":
-            os.environ["KVPROJ_KILL_DURING_SAVE"] = "1"
-            trainer.save_checkpoint(self.path)
-        else:
-            os.kill(os.getpid(), getattr(signal, f"SIG{self.kind}"))
+def exit_now(code: int) -> None:
+    """Leave without the interpreter's finalization (about a second of C-level teardown of the models and
+    libraries on the smoke config; longer with real models): by now the checkpoint is fsynced, the loggers are
+    closed and fit has returned, so only output buffers need flushing."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)

@@ -33,7 +33,14 @@ PASSAGES_PREFIX = "passages:"
 PASSAGES_EVAL_SIZE = 200  # examples in passages:val / passages:test unless --limit says otherwise
 
 
-def load_examples(task: str, eval_file: str | None, split: str, facts_options: dict | None, limit: int | None):
+def load_examples(
+    task: str,
+    eval_file: str | None,
+    split: str,
+    facts_options: dict | None,
+    limit: int | None,
+    passages_options: dict | None = None,
+):
     from kvproj.data import facts as facts_data
 
     if eval_file and eval_file.startswith(PASSAGES_PREFIX) and task == "facts":
@@ -43,7 +50,9 @@ def load_examples(task: str, eval_file: str | None, split: str, facts_options: d
         if which not in ("val", "test"):
             raise ValueError(f"--eval_file {eval_file}: valid passage sets are passages:val and passages:test")
         n = limit or PASSAGES_EVAL_SIZE
-        return [passage_example(PassagesConfig(), which, i) for i in range(n)]
+        # the genres this projector's run held out (the defaults for folders that do not record them)
+        cfg = PassagesConfig(**(passages_options or {}))
+        return [passage_example(cfg, which, i) for i in range(n)]
     if eval_file:
         path = facts_data.narrative_eval_path() if eval_file == "narrative" else Path(eval_file)
         if not path.is_file() and not (task == "lm" and path.is_dir()):
@@ -232,8 +241,8 @@ def evaluate(
         task: "facts": generate answers (exact match, F1, answer NLL); "lm": perplexity of each text's second half
             given its first half (needs eval_file).
         eval_file: JSONL of {"id"?, "context", "question", "answer"} ("narrative": the bundled file;
-            "passages:val" / "passages:test": 200 multi-genre passages of the genres held out from training by
-            the default data.passages settings); for the lm
+            "passages:val" / "passages:test": 200 multi-genre passages of the genres the run held out from
+            training, data.passages); for the lm
             task a .txt with one text per line or a .jsonl with "text". Default: the facts split of the run.
         split: Facts split when no eval_file is given.
         limit: Evaluate only the first N examples.
@@ -262,7 +271,8 @@ def evaluate(
 
         resolve_device(device)  # "cuda" where there is none fails here, not after loading
     config, _ = read_transfer(projector, device)
-    examples = load_examples(task, eval_file, split, config.get("data", {}).get("facts"), limit)
+    data = config.get("data", {})
+    examples = load_examples(task, eval_file, split, data.get("facts"), limit, data.get("passages"))
     settings = EvalSettings(batch_size=batch_size, max_new_tokens=max_new_tokens, seed=seed, conditions=conditions)
     evaluator, config = build_evaluator(projector, device, settings)
     out = Path(output)
