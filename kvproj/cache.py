@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
-from transformers import DynamicCache
+from transformers import DynamicCache, PretrainedConfig
 from transformers.cache_utils import get_layer_types_and_kwargs
 
 from kvproj.rope import RopeSpec, rope_specs, undo_rope
@@ -92,20 +92,29 @@ def _close(a: RopeSpec, b: RopeSpec) -> bool:
     )
 
 
+def text_sizes(config: PretrainedConfig) -> dict[str, int]:
+    """Layer and head sizes of a transformers decoder text config, with the usual fallbacks: as many kv heads as
+    attention heads when unset, head_dim = hidden_size // heads when unset."""
+    heads = config.num_attention_heads
+    return {
+        "num_layers": config.num_hidden_layers,
+        "num_attention_heads": heads,
+        "num_kv_heads": getattr(config, "num_key_value_heads", None) or heads,
+        "head_dim": getattr(config, "head_dim", None) or config.hidden_size // heads,
+    }
+
+
 def geometry_of(model: nn.Module) -> CacheGeometry:
     """Read the cache geometry of a transformers causal LM."""
     config = model.config.get_text_config(decoder=True)
-    n_layers = config.num_hidden_layers
-    n_heads = config.num_attention_heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or n_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_heads
+    sizes = text_sizes(config)
     layer_types, kwargs = get_layer_types_and_kwargs(config)
     windows = tuple(kw.get("sliding_window") for kw in kwargs)
     return CacheGeometry(
         family=config.model_type,
-        num_layers=n_layers,
-        num_kv_heads=kv_heads,
-        head_dim=head_dim,
+        num_layers=sizes["num_layers"],
+        num_kv_heads=sizes["num_kv_heads"],
+        head_dim=sizes["head_dim"],
         layer_types=tuple(layer_types),
         sliding_windows=windows,
         rope=tuple(rope_specs(model)),

@@ -17,7 +17,7 @@ import torch
 from kvproj.adapters.attention import key_norms
 from kvproj.cache import KVCache, read_cache
 from kvproj.data.pairs import PairCodec, SideFormat
-from kvproj.models import LoadedModel, ModelSpec, load_model
+from kvproj.models import LoadedModel, ModelSpec, load_model, resolve_device
 from kvproj.transfer import CacheTransfer, head_fallback
 
 log = logging.getLogger(__name__)
@@ -43,10 +43,8 @@ class FrozenPair:
         chat_template: bool = False,
         question_template: str = DEFAULT_QUESTION_TEMPLATE,
     ) -> None:
-        if "{question}" not in question_template:
-            raise ValueError(f"pair.question_template must contain '{{question}}', got {question_template!r}")
         specs = [s if isinstance(s, ModelSpec) else ModelSpec(**s) for s in (source, target)]
-        self._init(load_model(specs[0]), load_model(specs[1]), chat_template, question_template)
+        self._init(specs[0], specs[1], chat_template, question_template)
 
     @classmethod
     def from_models(
@@ -57,13 +55,21 @@ class FrozenPair:
         question_template: str = DEFAULT_QUESTION_TEMPLATE,
     ) -> FrozenPair:
         """A pair of models that are already loaded (tests, experiments that share models)."""
-        if "{question}" not in question_template:
-            raise ValueError(f"pair.question_template must contain '{{question}}', got {question_template!r}")
         pair = cls.__new__(cls)
         pair._init(source, target, chat_template, question_template)
         return pair
 
-    def _init(self, source: LoadedModel, target: LoadedModel, chat_template: bool, question_template: str) -> None:
+    def _init(
+        self,
+        source: LoadedModel | ModelSpec,
+        target: LoadedModel | ModelSpec,
+        chat_template: bool,
+        question_template: str,
+    ) -> None:
+        """Check the formats, then load the sides given as specs (so a bad template fails before any load)."""
+        if "{question}" not in question_template:
+            raise ValueError(f"pair.question_template must contain '{{question}}', got {question_template!r}")
+        source, target = (load_model(m) if isinstance(m, ModelSpec) else m for m in (source, target))
         self.source, self.target = source, target
         self.chat_template, self.question_template = chat_template, question_template
         self.source_format = SideFormat.build(source.tokenizer, chat_template, question_template)
@@ -166,7 +172,10 @@ class TrainedTransfer:
 def transfer_specs(
     config: dict[str, Any], device: str | None = None, dtype: str | None = None
 ) -> dict[str, ModelSpec]:
-    """The source and target ModelSpecs a projector folder names, with optional device/dtype overrides."""
+    """The source and target ModelSpecs a projector folder names, with optional device/dtype overrides; a device
+    override that cannot be used here ("cuda" without CUDA) is refused before any model is loaded (ValueError)."""
+    if device:
+        resolve_device(device)
     specs = {}
     for side in ("source", "target"):
         spec = dict(config[side]["spec"])
@@ -189,11 +198,10 @@ def read_transfer(
         ProjectorFolderError: a damaged config, another kvproj version, or model specs that cannot be read.
         ValueError: a device or dtype override that is not valid.
     """
-    from kvproj.projectors.io import CONFIG, ProjectorFolderError, check_version, read_config
+    from kvproj.projectors.io import CONFIG, ProjectorFolderError, read_config
 
     directory = Path(projector_dir)
     config = read_config(directory)
-    check_version(config, directory)
     try:
         return config, transfer_specs(config, device, dtype)
     except (KeyError, TypeError, AttributeError) as err:
@@ -220,7 +228,7 @@ def load_transfer(
         FileNotFoundError, ProjectorFolderError: see `read_transfer`; also weights that do not fit the config.
         ProjectorMismatchError: models whose cache geometry differs from the one the projector was trained for.
     """
-    from kvproj.projectors.io import CONFIG, ProjectorMismatchError, load_projector
+    from kvproj.projectors.io import CONFIG, check_geometries, load_projector
 
     directory = Path(projector_dir)
     config, specs = read_transfer(directory, device, dtype)
@@ -243,15 +251,12 @@ def load_transfer(
         data.get("chat_template", False),
         data.get("question_template", DEFAULT_QUESTION_TEMPLATE),
     )
-    for side, expected, loaded in (
-        ("source", projector.source_geometry, pair.source),
-        ("target", projector.target_geometry, pair.target),
-    ):
-        if problems := expected.mismatches(loaded.geometry):
-            raise ProjectorMismatchError(
-                f"projector {directory} was trained for a {side} cache of {expected.summary()}, but the {side} model "
-                f"{loaded.spec.name!r} has {loaded.geometry.summary()} ({'; '.join(problems)})"
-            )
+    check_geometries(
+        directory,
+        (projector.source_geometry, projector.target_geometry),
+        (pair.source.geometry, pair.target.geometry),
+        (repr(pair.source.spec.name), repr(pair.target.spec.name)),
+    )
     projector.to(pair.target.device)
     codec = pair.codec(data.get("answer_template", " {answer}"), data.get("max_context_tokens"))
     transfer = CacheTransfer(projector, key_norms(pair.target.model)).eval()

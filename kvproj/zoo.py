@@ -41,6 +41,8 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from kvproj.atomic import _umask, atomic_open
+
 logger = logging.getLogger(__name__)
 
 MARKER_FILENAME = "kvproj_zoo.json"
@@ -444,26 +446,16 @@ def sha256_file(path: str | os.PathLike[str], *, progress: Progress | None = Non
     return digest.hexdigest()
 
 
-_REINSTALL_HINT = (
-    "Reinstall the pinned packages with `python -m kvproj zoo requirements NAME > zoo-reqs.txt` then "
-    f"`python -m pip {' '.join(PIP_INSTALL_ARGS)} --force-reinstall -r zoo-reqs.txt`."
-)
-
-
-def _reinstall_hint(entry: ZooEntry) -> str:
-    return _pip_hint(entry.name, reinstall=True)
-
-
 def verify_sha256(
-    path: str | os.PathLike[str], expected: str, *, progress: Progress | None = None, hint: str = _REINSTALL_HINT
+    path: str | os.PathLike[str], expected: str, *, progress: Progress | None = None, hint: str = ""
 ) -> None:
-    """Raise ZooError naming the file, the expected and the computed sha256 when they differ."""
+    """Raise ZooError naming the file, the expected and the computed sha256 when they differ (and `hint`)."""
     path = Path(path)
     got = sha256_file(path, progress=progress)
     if got != expected.lower():
         raise ZooError(
             f"sha256 mismatch for {path}: expected {expected}, got {got}. The file is not the GGUF this zoo entry "
-            f"names (corrupt, truncated or replaced); refusing to use it. {hint}"
+            f"names (corrupt, truncated or replaced); refusing to use it. {hint}".rstrip()
         )
 
 
@@ -473,57 +465,49 @@ def assemble_chunks(
     expected_sha256: str,
     *,
     progress: Progress | None = None,
-    hint: str = _REINSTALL_HINT,
+    hint: str = "",
 ) -> Path:
-    """Concatenate `chunks` into `dest`, hashing while writing; on mismatch delete it and raise ZooError.
+    """Concatenate `chunks` into `dest`, hashing while writing; on mismatch raise ZooError (and `hint`).
 
-    Writes to a temporary name next to `dest` and renames at the end, so `dest` only ever holds a verified file.
+    Writes through `atomic_open` (a temp file beside `dest`, fsynced and renamed only when the sha256 matched,
+    removed on any error), so `dest` only ever holds a verified file.
     """
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
     total = sum(p.stat().st_size for p in chunks)
     task = progress.add_task(f"assemble {dest.name}", total=total, bytes=True) if progress is not None else None
     digest = hashlib.sha256()
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            for chunk in chunks:
-                with chunk.open("rb") as f:
-                    while block := f.read(_BLOCK):
-                        digest.update(block)
-                        out.write(block)
-                        if task is not None:
-                            progress.advance(task, len(block))  # type: ignore[union-attr]
+    with atomic_open(dest, "wb") as out:
+        for chunk in chunks:
+            with chunk.open("rb") as f:
+                while block := f.read(_BLOCK):
+                    digest.update(block)
+                    out.write(block)
+                    if task is not None:
+                        progress.advance(task, len(block))  # type: ignore[union-attr]
         got = digest.hexdigest()
         if got != expected_sha256.lower():
             raise ZooError(
                 f"sha256 mismatch for {dest} assembled from {len(chunks)} chunks ({chunks[0]} ...): "
                 f"expected {expected_sha256}, got {got}. The installed chunks are not the GGUF this zoo entry "
-                f"names; refusing to use them. {hint}"
+                f"names; refusing to use them. {hint}".rstrip()
             )
-        tmp.chmod(0o666 & ~_umask())  # mkstemp makes it owner-only
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
     return dest
 
 
 def _gguf_from_packages(entry: ZooEntry, scratch: Path, progress: Progress) -> Path:
     """A verified GGUF for `entry`: the package's own file when it ships whole, else assembled into `scratch`."""
     paths = chunk_paths(entry.name)
+    hint = _pip_hint(entry.name, reinstall=True)
     size = sum(p.stat().st_size for p in paths)
     if size != entry.size_bytes:
         raise ZooError(
             f"zoo model {entry.name!r}: installed GGUF chunks ({paths[0].parent} ...) hold {size} bytes, expected "
-            f"{entry.size_bytes}. {_reinstall_hint(entry)}"
+            f"{entry.size_bytes}. {hint}"
         )
     if len(paths) == 1:
-        verify_sha256(paths[0], entry.sha256, progress=progress, hint=_reinstall_hint(entry))
+        verify_sha256(paths[0], entry.sha256, progress=progress, hint=hint)
         return paths[0]
-    return assemble_chunks(
-        paths, scratch / entry.gguf_filename, entry.sha256, progress=progress, hint=_reinstall_hint(entry)
-    )
+    return assemble_chunks(paths, scratch / entry.gguf_filename, entry.sha256, progress=progress, hint=hint)
 
 
 def _ensure_writable(folder: Path) -> None:
@@ -597,17 +581,11 @@ def _converted_facts(folder: Path) -> dict[str, Any]:
     """Family and geometry of the model saved in `folder`, named like the ZooEntry fields."""
     from transformers import AutoConfig
 
+    from kvproj.cache import text_sizes
+
     top = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
     config = top.get_text_config(decoder=True)
-    heads = config.num_attention_heads
-    return {
-        "family": top.model_type,
-        "num_layers": config.num_hidden_layers,
-        "num_attention_heads": heads,
-        "num_kv_heads": getattr(config, "num_key_value_heads", None) or heads,
-        "head_dim": getattr(config, "head_dim", None) or config.hidden_size // heads,
-        "vocab_size": config.vocab_size,
-    }
+    return {"family": top.model_type, **text_sizes(config), "vocab_size": config.vocab_size}
 
 
 def _check_converted(entry: ZooEntry, folder: Path) -> None:
@@ -655,12 +633,6 @@ def _install_lock(root: Path, name: str) -> Iterator[None]:
     finally:
         if f is not None:
             f.close()
-
-
-def _umask() -> int:
-    umask = os.umask(0o022)  # reading the umask means setting it; put it straight back
-    os.umask(umask)
-    return umask
 
 
 def _apply_umask(folder: Path) -> None:
@@ -811,8 +783,7 @@ def path_command(name: str) -> None:
     Args:
         name: A zoo name (`zoo list`).
     """
-    get_entry(name)
-    sys.stdout.write(f"{converted_dir(name)}\n")
+    sys.stdout.write(f"{converted_dir(name)}\n")  # converted_dir refuses an unknown name
 
 
 def requirements_command(name: str) -> None:

@@ -172,12 +172,3 @@ def test_zoo_commands(cli, monkeypatch, tmp_path):
     assert len(installed) == 3  # no name is installed when one is unknown
     code, _, err = cli("zoo", "path", "llama-7b")
     assert code == 2 and "valid names: smollm2-135m-instruct" in err
-
-
-def test_condition_names_match_the_evaluator():
-    from typing import get_args
-
-    from kvproj.eval.facts import CONDITIONS
-    from kvproj.eval.run import Condition
-
-    assert get_args(Condition) == CONDITIONS

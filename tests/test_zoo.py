@@ -103,6 +103,26 @@ def _leftovers(home: Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if not p.name.endswith(".lock")) if root.exists() else []
 
 
+def _assert_nothing_kept(home: Path) -> None:
+    assert not zoo.is_converted(FAKE)
+    assert not zoo.converted_dir(FAKE).exists()  # no marker, no converted folder
+    assert _leftovers(home) == []  # no staging folder or scratch GGUF either
+
+
+def _refused_then_recovers(
+    monkeypatch: pytest.MonkeyPatch, home: Path, converter, error: type[BaseException], match: str
+) -> None:
+    """An install through `converter` raises `error` matching `match` and keeps nothing; a later install with a
+    good converter then converts the same entry."""
+    monkeypatch.setattr(zoo, "_convert_gguf", converter)
+    with pytest.raises(error, match=match):
+        zoo.install(FAKE, progress=False)
+    _assert_nothing_kept(home)
+    monkeypatch.setattr(zoo, "_convert_gguf", FakeConverter())
+    zoo.install(FAKE, progress=False)
+    assert zoo.is_converted(FAKE)
+
+
 # --- the table -------------------------------------------------------------------------------------------------
 
 
@@ -257,16 +277,7 @@ def test_install_converts_once_without_importing_packages(
 def test_interrupted_conversion_leaves_nothing_that_looks_complete(
     fake_entry: zoo.ZooEntry, monkeypatch: pytest.MonkeyPatch, home: Path
 ) -> None:
-    monkeypatch.setattr(zoo, "_convert_gguf", FakeConverter(fail=True))
-    with pytest.raises(RuntimeError, match="killed midway"):
-        zoo.install(FAKE, progress=False)
-    assert not zoo.is_converted(FAKE)
-    assert not zoo.converted_dir(FAKE).exists()
-    assert _leftovers(home) == []
-    # A later run succeeds normally.
-    monkeypatch.setattr(zoo, "_convert_gguf", FakeConverter())
-    zoo.install(FAKE, progress=False)
-    assert zoo.is_converted(FAKE)
+    _refused_then_recovers(monkeypatch, home, FakeConverter(fail=True), RuntimeError, "killed midway")
 
 
 def test_folder_without_marker_or_stale_partials_are_replaced(
@@ -350,12 +361,6 @@ def test_cli_prints_requirements(capsys: pytest.CaptureFixture[str]) -> None:
 # --- the converted model must be what the entry says ---------------------------------------------------------------
 
 
-def _assert_nothing_kept(home: Path) -> None:
-    assert not zoo.is_converted(FAKE)
-    assert not zoo.converted_dir(FAKE).exists()  # no marker, no converted folder
-    assert _leftovers(home) == []  # no staging folder or scratch GGUF either
-
-
 def test_install_refuses_another_family(
     fake_entry: zoo.ZooEntry, monkeypatch: pytest.MonkeyPatch, home: Path
 ) -> None:
@@ -385,14 +390,8 @@ def test_install_refuses_another_family(
 def test_install_refuses_other_geometry(
     fake_entry: zoo.ZooEntry, monkeypatch: pytest.MonkeyPatch, home: Path, config: dict, expected: str
 ) -> None:
-    monkeypatch.setattr(zoo, "_convert_gguf", FakeConverter(config=config))
-    with pytest.raises(zoo.ZooError, match=f"zoo model {FAKE!r}: .*{expected}"):
-        zoo.install(FAKE, progress=False)
-    _assert_nothing_kept(home)
-    # With the right config the same entry converts.
-    monkeypatch.setattr(zoo, "_convert_gguf", FakeConverter())
-    zoo.install(FAKE, progress=False)
-    assert zoo.is_converted(FAKE)
+    converter = FakeConverter(config=config)
+    _refused_then_recovers(monkeypatch, home, converter, zoo.ZooError, f"zoo model {FAKE!r}: .*{expected}")
 
 
 def test_install_refuses_a_folder_without_config(
@@ -402,12 +401,8 @@ def test_install_refuses_a_folder_without_config(
         (out_dir / "model.safetensors").write_bytes(b"weights")
         return {"model_type": "llama"}
 
-    monkeypatch.setattr(zoo, "_convert_gguf", no_config)
-    with pytest.raises(
-        zoo.ZooError, match=f"zoo model {FAKE!r}: the converted folder has no readable model config"
-    ):
-        zoo.install(FAKE, progress=False)
-    _assert_nothing_kept(home)
+    message = f"zoo model {FAKE!r}: the converted folder has no readable model config"
+    _refused_then_recovers(monkeypatch, home, no_config, zoo.ZooError, message)
 
 
 def test_list_rows_and_print_list(fake_entry: zoo.ZooEntry, monkeypatch: pytest.MonkeyPatch) -> None:

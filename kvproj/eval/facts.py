@@ -12,7 +12,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -33,15 +33,10 @@ from kvproj.transfer import CacheTransfer
 
 log = logging.getLogger(__name__)
 
-CONDITIONS = (
-    "target_alone",
-    "target_text",
-    "source_text",
-    "projected",
-    "shuffled_source",
-    "text_to_text",
-    "untrained",
-)
+Condition = Literal[
+    "target_alone", "target_text", "source_text", "projected", "shuffled_source", "text_to_text", "untrained"
+]
+CONDITIONS: tuple[str, ...] = get_args(Condition)
 TARGET_SIDE = ("target_alone", "target_text", "projected", "shuffled_source", "text_to_text", "untrained")
 
 
@@ -179,12 +174,10 @@ class FactsEvaluator:
         self, condition: str, batch: dict[str, Any], raw: list[dict]
     ) -> tuple[KVCache | None, list | None]:
         """The target's prefix cache under `condition` (None: no prefix at all)."""
-        target = self.pair.target
         if condition == "target_alone":
             return self.pair.head_only(len(raw)), None
         if condition == "target_text":
-            ids, mask = batch["target_prefix_ids"], batch["target_prefix_mask"]
-            return read_cache(target.model, ids, mask, geometry=target.geometry), None
+            return self.pair.target_cache(batch), None
         if condition == "projected":
             return self._projected(batch, self.transfer, fresh_source=True), None
         if condition == "shuffled_source":

@@ -14,16 +14,12 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from kvproj.atomic import atomic_write
-from kvproj.eval.facts import CONDITIONS, EvalSettings, FactsEvaluator
+from kvproj.eval.facts import CONDITIONS, Condition, EvalSettings, FactsEvaluator
 from kvproj.pair import load_transfer, read_transfer
 
 log = logging.getLogger(__name__)
 Task = Literal["facts", "lm"]
 Split = Literal["test", "test_in_distribution", "val"]
-# the same names as kvproj.eval.facts.CONDITIONS, spelled out so that the command line can check them
-Condition = Literal[
-    "target_alone", "target_text", "source_text", "projected", "shuffled_source", "text_to_text", "untrained"
-]
 TASKS: tuple[str, ...] = get_args(Task)
 SPLITS: tuple[str, ...] = get_args(Split)
 LM_CONDITIONS = ("target_alone", "target_text", "projected", "shuffled_source")
@@ -41,6 +37,8 @@ def load_examples(
     limit: int | None,
     passages_options: dict | None = None,
 ):
+    """The examples to evaluate. The options are those `check_inputs` accepted (task, split, limit); this checks
+    what needs the eval file itself."""
     from kvproj.data import facts as facts_data
 
     if eval_file and eval_file.startswith(PASSAGES_PREFIX) and task == "facts":
@@ -67,17 +65,11 @@ def load_examples(
         else:
             examples = facts_data.read_jsonl(path)
     else:
-        if task == "lm":
-            raise ValueError("--task lm needs --eval_file (a .txt with one text per line, or .jsonl with 'text')")
-        if split not in SPLITS:
-            raise ValueError(f"--split: got {split!r}; valid: {', '.join(SPLITS)}")
         cfg = facts_data.FactsConfig(
             **{k: tuple(v) if isinstance(v, list) else v for k, v in (facts_options or {}).items()}
         )
         examples = [e.to_dict() for e in facts_data.generate_splits(cfg)[split]]
     if limit is not None:
-        if limit < 1:
-            raise ValueError(f"--limit: must be >= 1, got {limit}")
         examples = examples[:limit]
     if not examples:
         raise ValueError(f"no examples to evaluate (eval_file={eval_file!r}, split={split!r})")
@@ -117,13 +109,10 @@ def _progress(total: int):
     yield advance
 
 
-def build_evaluator(
-    projector_dir: str | Path, device: str | None, settings: EvalSettings
-) -> tuple[FactsEvaluator, dict[str, Any]]:
+def build_evaluator(projector_dir: str | Path, device: str | None, settings: EvalSettings) -> FactsEvaluator:
     trained = load_transfer(projector_dir, device=device)
     untrained = trained.untrained(settings.seed) if "untrained" in settings.conditions else None
-    evaluator = FactsEvaluator(trained.pair, trained.codec, trained.transfer, untrained, settings)
-    return evaluator, trained.config
+    return FactsEvaluator(trained.pair, trained.codec, trained.transfer, untrained, settings)
 
 
 def print_summary(results: dict[str, Any], console=None) -> None:
@@ -266,15 +255,11 @@ def evaluate(
     conditions = check_inputs(
         task, eval_file, split, limit, batch_size, max_new_tokens, conditions, output, overwrite
     )
-    if device:
-        from kvproj.models import resolve_device
-
-        resolve_device(device)  # "cuda" where there is none fails here, not after loading
-    config, _ = read_transfer(projector, device)
+    config, _ = read_transfer(projector, device)  # also refuses "cuda" where there is none, before loading
     data = config.get("data", {})
     examples = load_examples(task, eval_file, split, data.get("facts"), limit, data.get("passages"))
     settings = EvalSettings(batch_size=batch_size, max_new_tokens=max_new_tokens, seed=seed, conditions=conditions)
-    evaluator, config = build_evaluator(projector, device, settings)
+    evaluator = build_evaluator(projector, device, settings)
     out = Path(output)
     generations = out.with_name("generations.jsonl")
     with _progress(len(examples)) as advance:

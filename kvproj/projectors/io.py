@@ -75,10 +75,11 @@ def read_config(directory: str | Path) -> dict[str, Any]:
     missing = [k for k in ("architecture", "init_args", "source", "target") if k not in config]
     if missing:
         raise ProjectorFolderError(f"--projector {directory}: {path} lacks {', '.join(missing)}")
+    _check_version(config, directory)
     return config
 
 
-def check_version(config: dict[str, Any], directory: str | Path) -> None:
+def _check_version(config: dict[str, Any], directory: str | Path) -> None:
     """Refuse a folder written by a kvproj with another major.minor version (its format may differ)."""
     found = str(config.get("kvproj_version", "unknown"))
     if found.split(".")[:2] != kvproj.__version__.split(".")[:2]:
@@ -86,6 +87,22 @@ def check_version(config: dict[str, Any], directory: str | Path) -> None:
             f"--projector {directory}: written by kvproj {found}, this is kvproj {kvproj.__version__}; "
             f"use a kvproj {'.'.join(found.split('.')[:2])}.x to read it, or re-export it from its checkpoint"
         )
+
+
+def check_geometries(
+    directory: str | Path,
+    trained: tuple[CacheGeometry, CacheGeometry],
+    given: tuple[CacheGeometry | None, CacheGeometry | None],
+    names: tuple[str, str] = ("given", "given"),
+) -> None:
+    """Refuse source/target cache geometries (None: not checked) that differ from the ones the projector in
+    `directory` was trained for; `names` says which source and target models they are, in the message."""
+    for side, expected, found, name in zip(("source", "target"), trained, given, names):
+        if found is not None and (problems := expected.mismatches(found)):
+            raise ProjectorMismatchError(
+                f"projector {directory} was trained for a {side} cache of {expected.summary()}, but the {side} model "
+                f"{name} has {found.summary()} ({'; '.join(problems)})"
+            )
 
 
 def load_projector(
@@ -97,28 +114,19 @@ def load_projector(
     config = read_config(directory)
     source = CacheGeometry.from_dict(config["source"]["geometry"])
     target = CacheGeometry.from_dict(config["target"]["geometry"])
-    for side, expected, given in (("source", source, source_geometry), ("target", target, target_geometry)):
-        if given is not None and (problems := expected.mismatches(given)):
-            raise ProjectorMismatchError(
-                f"projector {directory} was trained for a {side} cache of {expected.summary()}, but the {side} model "
-                f"given has {given.summary()} ({'; '.join(problems)})"
-            )
+    check_geometries(directory, (source, target), (source_geometry, target_geometry))
     projector = build_projector(config["architecture"], source, target, **config["init_args"])
     weights = Path(directory) / WEIGHTS
     try:
         state = load_file(str(weights))
     except Exception as err:  # safetensors raises its own error types for truncated / foreign files
         raise ProjectorFolderError(f"--projector {directory}: {weights} cannot be read ({err})") from err
-    expected = projector.state_dict()
-    wrong = sorted(set(expected) ^ set(state)) + sorted(
-        k for k in set(expected) & set(state) if expected[k].shape != state[k].shape
-    )
-    if wrong:
+    try:
+        projector.load_state_dict(state)  # strict: names every tensor missing, extra or of another shape
+    except RuntimeError as err:
         raise ProjectorFolderError(
             f"--projector {directory}: {WEIGHTS} does not match {CONFIG} ({config['architecture']} with "
-            f"{config['init_args']}): {len(wrong)} tensor(s) missing, extra or of another shape, e.g. {wrong[:3]}; "
-            "the two files come from different exports"
-        )
-    projector.load_state_dict(state)
+            f"{config['init_args']}); the two files come from different exports: {err}"
+        ) from err
     projector.eval()
     return projector, config
