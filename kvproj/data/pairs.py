@@ -65,7 +65,6 @@ class EncodedExample:
     question_len: int  # continuation[:question_len] is what the target reads before answering
     answer: str
     stream_index: int = -1
-    one_to_one: float = 1.0
 
 
 def encode_example(
@@ -121,7 +120,6 @@ def encode_example(
         question_len=len(question_ids),
         answer=example["answer"],
         stream_index=stream_index,
-        one_to_one=alignment.one_to_one_share,
     )
 
 
