@@ -96,7 +96,6 @@ class KVProjectorModule(L.LightningModule):
         self.pair = pair  # not an nn.Module: frozen weights stay out of state_dict and checkpoints
         proj = projector.build(pair.source.geometry, pair.target.geometry, mode)
         self.transfer = CacheTransfer(proj, target_key_norms(pair.target.model))
-        self._step_started = 0.0
 
     @property
     def projector(self):
@@ -104,11 +103,32 @@ class KVProjectorModule(L.LightningModule):
 
     # ------------------------------------------------------------------ the pieces
     def target_cache(self, batch: dict[str, Any]) -> KVCache:
-        """The target's own cache of the prefix: made by the datamodule when the protocol or evaluation needs it,
-        otherwise here, once per batch, when a loss needs it."""
+        """The target's own cache of the prefix (the oracle), made here once per batch when something needs it
+        (the datamodule leaves it out)."""
         if batch.get("target_cache") is None:
             batch["target_cache"] = self.pair.target_cache(batch)
         return batch["target_cache"]
+
+    @torch.no_grad()
+    def oracle_hidden(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The target's continuation hidden states reading the context as text, once per batch (the KL loss
+        and the validation loss_text share it)."""
+        if batch.get("oracle_hidden") is None:
+            batch["oracle_hidden"] = self.continuation_hidden(self.target_cache(batch), batch)
+        return batch["oracle_hidden"]
+
+    def reconstruction(self, batch: dict[str, Any], projected: KVCache):
+        """`kvproj.losses.reconstruction` of `projected` against the target's own cache at aligned prefix
+        positions: (loss, per-layer key cosines, per-layer value cosines); once per batch and projection (the
+        loss and the validation cosines share it)."""
+        cached = batch.get("reconstruction")
+        if cached is None or cached[0] is not projected:
+            valid = batch["target_prefix_mask"].bool() & (batch["align_index"] >= 0)
+            cached = batch["reconstruction"] = (
+                projected,
+                reconstruction(projected, self.target_cache(batch), valid),
+            )
+        return cached[1]
 
     def project(self, batch: dict[str, Any]) -> KVCache:
         return self.transfer(
@@ -143,17 +163,14 @@ class KVProjectorModule(L.LightningModule):
             out["answer_ce"] = answer_cross_entropy(target, hidden, batch["labels"])
             total = total + hp.answer_weight * out["answer_ce"]
         if hp.kl_weight > 0:
-            with torch.no_grad():
-                oracle_hidden = self.continuation_hidden(self.target_cache(batch), batch)
             mask = batch["continuation_mask"][:, 1:].bool()  # every continuation token after the first
             student = logits_from_hidden(target, hidden[:, :-1][mask])
             with torch.no_grad():
-                oracle = logits_from_hidden(target, oracle_hidden[:, :-1][mask])
+                oracle = logits_from_hidden(target, self.oracle_hidden(batch)[:, :-1][mask])
             out["kl"] = kl_to_oracle(student, oracle)
             total = total + hp.kl_weight * out["kl"]
         if hp.reconstruction_weight > 0:
-            valid = batch["target_prefix_mask"].bool() & (batch["align_index"] >= 0)
-            out["reconstruction"], _, _ = reconstruction(projected, self.target_cache(batch), valid)
+            out["reconstruction"], _, _ = self.reconstruction(batch, projected)
             total = total + hp.reconstruction_weight * out["reconstruction"]
         out["loss"] = total
         return out, projected, hidden
@@ -162,7 +179,6 @@ class KVProjectorModule(L.LightningModule):
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         max_steps = self.trainer.max_steps if self.trainer.max_steps and self.trainer.max_steps > 0 else None
         self.projector.set_progress(self.global_step / max_steps if max_steps else 0.0, step=self.global_step)
-        self._step_started = time.perf_counter()
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         out, _, _ = self.losses(batch)
@@ -183,7 +199,7 @@ class KVProjectorModule(L.LightningModule):
     def on_train_batch_end(self, outputs: Any, batch: dict[str, Any], batch_idx: int) -> None:
         # the clock started before the frozen models made this batch's caches (datamodule.on_after_batch_transfer);
         # tokens/s: kvproj.callbacks.progress.TokenThroughput (Lightning's ThroughputMonitor)
-        seconds = time.perf_counter() - batch.get("step_started", self._step_started)
+        seconds = time.perf_counter() - batch["step_started"]
         self.log("train/step_seconds", seconds, batch_size=1)
 
     @torch.no_grad()
@@ -194,14 +210,14 @@ class KVProjectorModule(L.LightningModule):
         bs = batch["continuation_ids"].shape[0]
         labels = batch["labels"]
         self.log(f"{stage}/loss", out.get("answer_ce", out["loss"]), prog_bar=True, batch_size=bs)
-        text_hidden = self.continuation_hidden(self.target_cache(batch), batch)
-        self.log(f"{stage}/loss_text", answer_cross_entropy(target, text_hidden, labels), batch_size=bs)
+        self.log(
+            f"{stage}/loss_text", answer_cross_entropy(target, self.oracle_hidden(batch), labels), batch_size=bs
+        )
         head = self.head_only(batch)
         if head is not None:
             alone = self.continuation_hidden(head, batch)
             self.log(f"{stage}/loss_no_context", answer_cross_entropy(target, alone, labels), batch_size=bs)
-        valid = batch["target_prefix_mask"].bool() & (batch["align_index"] >= 0)
-        _, cos_k, cos_v = reconstruction(projected, self.target_cache(batch), valid)
+        _, cos_k, cos_v = self.reconstruction(batch, projected)
         self.log(f"{stage}/cos_keys_mean", sum(cos_k) / len(cos_k), batch_size=bs)
         self.log(f"{stage}/cos_values_mean", sum(cos_v) / len(cos_v), batch_size=bs)
         for t, (ck, cv) in enumerate(zip(cos_k, cos_v)):

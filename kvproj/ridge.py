@@ -11,7 +11,6 @@ from typing import Any
 import torch
 
 from kvproj.adapters.attention import captured_key_projections, key_norms
-from kvproj.cache import read_cache
 from kvproj.rope import undo_rope
 from kvproj.transfer import gather_positions
 
@@ -61,15 +60,10 @@ def ridge_init(module: Any, datamodule: Any, batches: int | None = None, lam: fl
     with captured_key_projections(target) if capture_pre_norm else nullcontext({}) as captured:
         for _ in range(batches):
             encoded = [datamodule.encode(next(stream)) for _ in range(datamodule.batch_size)]
-            batch = datamodule.collate(encoded)
-            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-            source = read_cache(
-                pair.source.model, batch["source_ids"], batch["source_mask"], geometry=pair.source.geometry
-            )
-            captured.clear()
-            own = read_cache(
-                target, batch["target_prefix_ids"], batch["target_prefix_mask"], geometry=pair.target.geometry
-            )
+            batch = datamodule.transfer_batch_to_device(datamodule.collate(encoded), device, 0)
+            source = pair.add_caches(batch, with_target_cache=False)["source_cache"]
+            captured.clear()  # only this target forward's key projections (not the head's, if it ran above)
+            own = pair.target_cache(batch)
             index = batch["align_index"]
             valid = batch["target_prefix_mask"].bool() & (index >= 0)  # [B, Tt]
             gather = index.clamp(min=0)

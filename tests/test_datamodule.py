@@ -95,6 +95,46 @@ def test_module_makes_the_target_cache_itself_when_a_loss_needs_it():
     assert torch.equal(batch["target_cache"].keys[0], expected.keys[0])
 
 
+def test_datamodule_leaves_the_target_cache_to_the_module():
+    dm = _dm(protocol="shared")
+    stream = dm.iter_examples(0)
+    batch = dm.add_caches(dm.collate([dm.encode(next(stream)) for _ in range(4)]))
+    assert "source_cache" in batch and "target_cache" not in batch
+    module = KVProjectorModule(pair=dm.pair)
+    own = module.target_cache(batch)
+    assert module.target_cache(batch) is own  # made once per batch
+    assert torch.equal(own.keys[0], dm.pair.target_cache(batch).keys[0])
+
+
+def test_validation_runs_the_oracle_and_the_reconstruction_once(monkeypatch):
+    import kvproj.module as module_file
+
+    dm = _dm()
+    module = KVProjectorModule(pair=dm.pair, kl_weight=0.5, reconstruction_weight=1.0)
+    stream = dm.iter_examples(0)
+    batch = dm.add_caches(dm.collate([dm.encode(next(stream)) for _ in range(4)]))
+    prefixes, reconstructions = [], []
+    hidden, rec = module.continuation_hidden, module_file.reconstruction
+    monkeypatch.setattr(
+        module, "continuation_hidden", lambda prefix, b: prefixes.append(prefix) or hidden(prefix, b)
+    )
+    monkeypatch.setattr(module_file, "reconstruction", lambda *a: reconstructions.append(1) or rec(*a))
+    monkeypatch.setattr(module, "log", lambda *a, **k: None)
+    module._eval_step(batch, "val")
+    assert sum(p is batch["target_cache"] for p in prefixes) == 1  # the oracle forward: KL and loss_text share it
+    assert len(reconstructions) == 1  # the loss and the logged cosines share it
+
+
+def test_text_corpus_is_loaded_before_the_train_loader_forks_workers(tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(f"Document {i} says the mill ground {i * 3} sacks." for i in range(40)))
+    dm = _dm(text={"files": [str(corpus)], "share": 0.3}, num_workers=2)
+    assert dm._text_splits is None
+    dm.train_dataloader()
+    assert dm._text_splits is not None  # workers inherit it instead of each loading the corpus
+    assert _dm()._text_splits is None and _dm().train_dataloader() is not None  # no text: nothing loaded
+
+
 def test_shipped_configs_resolve_by_name_and_default():
     assert packaged_config("smoke") == packaged_config("smoke.yaml")
     assert packaged_config("smoke").read_text() == (ROOT / "configs" / "smoke.yaml").read_text()

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import random
 import re
 
 import pytest
 from test_training import _dm
 
-from kvproj.data.passages import GENRE_NAMES, PassagesConfig, _first_names, passage_example
+from kvproj.data.passages import GENRE_NAMES, GENRES, Material, PassagesConfig, _first_names, passage_example
 
 CFG = PassagesConfig()
 
@@ -36,6 +37,43 @@ def test_first_names_are_disjoint_across_splits():
     assert all(pools.values())
     assert not pools["train"] & pools["val"] and not pools["train"] & pools["test"]
     assert not pools["val"] & pools["test"]
+
+
+class _CountingPeople(Material):
+    """Material that records the first name of every person it draws (a full name or a first name alone)."""
+
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self.first_names: list[str] = []
+        self._inside_person = False
+
+    def person(self) -> str:
+        self._inside_person = True
+        try:
+            name = super().person()
+        finally:
+            self._inside_person = False
+        self.first_names.append(name.split()[0])
+        return name
+
+    def first(self) -> str:
+        name = super().first()
+        if not self._inside_person:
+            self.first_names.append(name)
+        return name
+
+
+@pytest.mark.parametrize("split", ["train", "val", "test"])
+def test_no_two_people_of_a_passage_share_a_first_name(split):
+    # every genre, drawn from each split's (small) name pool: "Ada Krel" and "Ada" would make questions ambiguous
+    drawn = 0
+    for name in GENRE_NAMES:
+        for i in range(150):
+            m = _CountingPeople(random.Random(f"people/{split}/{name}/{i}"), split, CFG.seed)
+            GENRES[name](m)
+            assert len(set(m.first_names)) == len(m.first_names), (split, name, i, m.first_names)
+            drawn += len(m.first_names) > 1
+    assert drawn >= 5 * 150  # email, meeting notes, dialogue, sports and letters name several people
 
 
 def test_passages_are_a_pure_function_of_seed_split_index():

@@ -15,6 +15,7 @@ from kvproj.data.text import (
     DEFAULT_PROMPTS,
     iter_hf_dataset,
     iter_local_texts,
+    lm_example,
     meta_path,
     sample_corpus,
 )
@@ -43,6 +44,16 @@ def corpus_dir(tmp_path) -> Path:
     (tmp_path / "z.txt").write_text("last", encoding="utf-8")
     (tmp_path / "notes.md").write_text("not a text source", encoding="utf-8")
     return tmp_path
+
+
+def test_lm_example_cuts_at_the_last_space_before_the_fraction():
+    text = "alpha beta gamma delta"  # 22 characters: half is 11, the last space before it at 10
+    assert lm_example(text, 0.5, "lm-3") == {
+        "id": "lm-3", "context": "alpha beta", "question": "", "answer": "gamma delta",
+    }  # fmt: skip
+    assert lm_example(text, 0.8, "x")["context"] == "alpha beta gamma"
+    no_space = lm_example("abcdefgh", 0.5, "x")  # a hard cut
+    assert (no_space["context"], no_space["answer"]) == ("abcd", "efgh")
 
 
 # ---------------------------------------------------------------------------------------------------------------

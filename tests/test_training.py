@@ -154,12 +154,17 @@ def test_progress_callbacks_respect_the_trainer_settings():
     assert [type(c) for c in progress_callbacks({})] == [TokenThroughput, StepProgressBar]
     assert [type(c) for c in progress_callbacks({"enable_progress_bar": False})] == [TokenThroughput]
     assert [type(c) for c in progress_callbacks({"callbacks": [RichProgressBar()]})] == [TokenThroughput]
-    batch = {
-        "source_mask": torch.tensor([[1, 1, 0], [1, 1, 1]]),
-        "target_prefix_mask": torch.tensor([[0, 1], [1, 1]]),
-        "continuation_mask": torch.tensor([[1, 1, 1, 0]]),
-    }
+    from kvproj.data.pairs import EncodedExample, collate
+
+    def example(source: int, prefix: int, continuation: int) -> EncodedExample:
+        return EncodedExample("x", [5] * source, [6] * prefix, [-1] * prefix, [7] * continuation, [7] * continuation,
+                              0, "a")  # fmt: skip
+
+    batch = collate([example(2, 1, 2), example(3, 2, 1)], source_pad_id=0, target_pad_id=0)
     assert batch_tokens(batch) == 5 + 3 + 3
+    assert isinstance(batch["n_tokens"], int)  # counted at collate time, no device sums
+    masks = sum(int(batch[k].sum()) for k in ("source_mask", "target_prefix_mask", "continuation_mask"))
+    assert batch["n_tokens"] == masks
 
 
 def _dm(source=ModelSpec("tiny:llama", seed=1), target=ModelSpec("tiny:gemma3_text", seed=2), **kwargs):
@@ -185,11 +190,12 @@ def test_same_model_identity_transfer_matches_reading_the_text():
     batch = _batch(dm)
     with torch.no_grad():
         out, projected, hidden = module.losses(batch)
-        text = module.continuation_hidden(batch["target_cache"], batch)
+        own = module.target_cache(batch)
+        text = module.continuation_hidden(own, batch)
     real = batch["continuation_mask"].bool()
     torch.testing.assert_close(hidden[real], text[real], atol=1e-5, rtol=0)
     prefix = batch["target_prefix_mask"].bool()  # padding positions hold anything: they are masked
-    for a, b in zip(projected.keys + projected.values, batch["target_cache"].keys + batch["target_cache"].values):
+    for a, b in zip(projected.keys + projected.values, own.keys + own.values):
         torch.testing.assert_close(a.transpose(1, 2)[prefix], b.transpose(1, 2)[prefix], atol=1e-5, rtol=0)
 
 
@@ -222,10 +228,11 @@ def test_ridge_start_fits_the_target_cache_better_than_random():
     module = KVProjectorModule(pair=dm.pair, projector=LinearConfig(), ridge_batches=4)
     batch = _batch(dm, start=500)
     valid = batch["target_prefix_mask"].bool() & (batch["align_index"] >= 0)
+    own = dm.pair.target_cache(batch)
     with torch.no_grad():
-        before, _, _ = reconstruction(module.project(batch), batch["target_cache"], valid)
+        before, _, _ = reconstruction(module.project(batch), own, valid)
         ridge_init(module, dm)
-        after, _, _ = reconstruction(module.project(batch), batch["target_cache"], valid)
+        after, _, _ = reconstruction(module.project(batch), own, valid)
     assert after < 0.5 * before
 
 

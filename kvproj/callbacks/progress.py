@@ -10,7 +10,8 @@ and tokens/s.
 - `TokenThroughput`: Lightning's ThroughputMonitor counting each batch's real tokens; logs tokens/s to TensorBoard.
 - `progress_callbacks`: both, as `kvproj fit` installs them.
 
-Tokens of a batch (`batch_tokens`): source context + target prefix + continuation, padding excluded. The clock
+Tokens of a batch (`batch_tokens`): source context + target prefix + continuation, padding excluded, counted once
+when the batch is collated (`batch["n_tokens"]`, kvproj/data/pairs.py). The clock
 runs between the ends of consecutive training batches, so it includes the frozen models' forwards (the datamodule
 runs them in `on_after_batch_transfer`), backward and optimizer step; time spent in validation is left out.
 """
@@ -29,8 +30,9 @@ from lightning.pytorch.callbacks import Callback, ProgressBar, RichProgressBar, 
 
 
 def batch_tokens(batch: dict[str, Any]) -> int:
-    """Real (unpadded) tokens of a kvproj batch: source context + target prefix + continuation."""
-    return int(batch["source_mask"].sum() + batch["target_prefix_mask"].sum() + batch["continuation_mask"].sum())
+    """Real (unpadded) tokens of a kvproj batch: source context + target prefix + continuation (counted at
+    collate time, a plain int: no device sums)."""
+    return batch["n_tokens"]
 
 
 def batch_examples(batch: dict[str, Any]) -> int:
@@ -78,6 +80,9 @@ class StepProgressBar(RichProgressBar):
         every_seconds: Plain mode: also print a line when this many seconds have passed since the last one.
         plain: Force plain lines (True) or the bar (False); None: plain when stdout is not a terminal.
         window: Steps over which tokens/s and seconds/step are averaged.
+
+    The bar keeps its own short window rather than reading `TokenThroughput`: that one reports only once its
+    window is full, only to the logger, and may not be installed; both count tokens from `batch["n_tokens"]`.
     """
 
     def __init__(self, every_seconds: float = 30.0, plain: bool | None = None, window: int = 20) -> None:

@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from kvproj.data.facts import FactsConfig
 from kvproj.data.pairs import EncodedExample
 from kvproj.data.passages import PassagesConfig, passage_example
+from kvproj.data.text import lm_example
 from kvproj.pair import FrozenPair
 
 log = logging.getLogger(__name__)
@@ -238,11 +239,7 @@ class KVPairDataModule(L.LightningDataModule):
 
     def text_example(self, i: int, split: str = "train") -> dict[str, Any]:
         texts = self.text_splits[split]
-        text = texts[i % len(texts)]
-        cut = int(len(text) * self.lm_context_fraction)
-        space = text.rfind(" ", 0, cut)
-        cut = space if space > 0 else cut
-        return {"id": f"text-{split}-{i}", "context": text[:cut], "question": "", "answer": text[cut:].lstrip()}
+        return lm_example(texts[i % len(texts)], self.lm_context_fraction, f"text-{split}-{i}")
 
     def source_of(self, i: int) -> str:
         """Which corpus training example i comes from: "facts", "passages" or "text" (seeded draw per index)."""
@@ -277,16 +274,27 @@ class KVPairDataModule(L.LightningDataModule):
     def collate(self, examples: list[EncodedExample]) -> dict[str, Any]:
         return self.codec.collate(examples)
 
-    def val_raw(self) -> list[dict]:
+    def held_out(self, split: str) -> list[dict]:
+        """The raw held-out examples of `split` ("val" or "test"). Facts: entities and values never seen in
+        training (val: the first `val_examples`; test: all of them); passages: `val_examples` from held-out genres;
+        text: the `val_examples` held-out texts of the split."""
+        if split not in ("val", "test"):
+            raise ValueError(f"held-out split: got {split!r}; valid: val, test")
         if self.dataset == "text":
-            return [self.text_example(i, "val") for i in range(self.val_examples)]
+            return [self.text_example(i, split) for i in range(self.val_examples)]
         if self.dataset == "passages":
-            return [passage_example(self.passages_options, "val", i) for i in range(self.val_examples)]
-        return self.splits["val"][: self.val_examples]
+            return [passage_example(self.passages_options, split, i) for i in range(self.val_examples)]
+        return self.splits[split][: self.val_examples] if split == "val" else self.splits[split]
+
+    def val_raw(self) -> list[dict]:
+        return self.held_out("val")
 
     # ------------------------------------------------------------------ loaders
     def train_dataloader(self) -> DataLoader:
         log.info("training stream starts at example %d", self.consumed)
+        if self.dataset == "text" or (self.dataset == "facts" and self.text_options.share > 0):
+            # load (or sample) the corpus once, here: DataLoader workers inherit it instead of each loading it
+            _ = self.text_splits
         return DataLoader(
             _ExampleStream(self, self.consumed),
             batch_size=self.batch_size,
@@ -294,25 +302,20 @@ class KVPairDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
         )
 
-    def val_dataloader(self) -> DataLoader:
-        encoded = [self.encode(e, stream_index=i) for i, e in enumerate(self.val_raw())]
+    def _eval_loader(self, split: str) -> DataLoader:
+        encoded = [self.encode(e, stream_index=i) for i, e in enumerate(self.held_out(split))]
         if not encoded:
-            raise ValueError("data.val_examples: the validation set is empty; set data.val_examples >= 1")
+            raise ValueError(f"data.val_examples: the {split} set is empty; set data.val_examples >= 1")
         # already encoded in the main process: workers would only copy them (and repeat nothing: a map-style
         # dataset is split by index)
         return DataLoader(encoded, batch_size=self.val_batch_size, collate_fn=self.collate, shuffle=False)
 
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader("val")
+
     def test_dataloader(self) -> DataLoader:
-        """Held-out facts (entities and values never seen in training); passages: held-out genres; text: the
-        held-out test texts."""
-        if self.dataset == "text":
-            raw = [self.text_example(i, "test") for i in range(self.val_examples)]
-        elif self.dataset == "passages":
-            raw = [passage_example(self.passages_options, "test", i) for i in range(self.val_examples)]
-        else:
-            raw = self.splits["test"]
-        encoded = [self.encode(e, stream_index=i) for i, e in enumerate(raw)]
-        return DataLoader(encoded, batch_size=self.val_batch_size, collate_fn=self.collate, shuffle=False)
+        """The held-out test examples (see `held_out`)."""
+        return self._eval_loader("test")
 
     def predict_dataloader(self) -> DataLoader:
         return self.val_dataloader()
@@ -322,10 +325,9 @@ class KVPairDataModule(L.LightningDataModule):
         return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
     def add_caches(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """Training makes the target's own cache only when the protocol needs it (shared context); the module
-        asks the pair for it itself when a loss needs it. Evaluation always makes it (it scores the oracle)."""
-        training = self.trainer is not None and self.trainer.training
-        return self.pair.add_caches(batch, with_target_cache=self.protocol == "shared" or not training)
+        """The source cache and the target's head; the target's own cache (the oracle) is left to the module,
+        which makes it once per batch when something needs it (`KVProjectorModule.target_cache`)."""
+        return self.pair.add_caches(batch, with_target_cache=False)
 
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
         batch["step_started"] = time.perf_counter()  # step time includes the frozen forwards below

@@ -65,7 +65,6 @@ class EncodedExample:
     question_len: int  # continuation[:question_len] is what the target reads before answering
     answer: str
     stream_index: int = -1
-    one_to_one: float = 1.0
 
 
 def encode_example(
@@ -121,7 +120,6 @@ def encode_example(
         question_len=len(question_ids),
         answer=example["answer"],
         stream_index=stream_index,
-        one_to_one=alignment.one_to_one_share,
     )
 
 
@@ -141,6 +139,8 @@ def mask_rows(rows: list[list[int]], left: bool) -> torch.Tensor:
 def collate(examples: list[EncodedExample], source_pad_id: int, target_pad_id: int) -> dict[str, Any]:
     """Prefixes left-padded (the continuation follows real tokens directly); continuations right-padded;
     questions alone left-padded for generation. align_index is shifted into padded source coordinates.
+    `n_tokens`: the batch's real (unpadded) tokens, source context + target prefix + continuation, as a plain int
+    (counted here once, so that throughput logging never sums masks on the device).
     """
     source_rows = [e.source_ids for e in examples]
     source_ids = pad_rows(source_rows, source_pad_id, left=True)
@@ -161,6 +161,7 @@ def collate(examples: list[EncodedExample], source_pad_id: int, target_pad_id: i
         "labels": pad_rows([e.labels for e in examples], -100, left=False),
         "question_ids": pad_rows(questions, target_pad_id, left=True),
         "question_mask": mask_rows(questions, left=True),
+        "n_tokens": sum(len(e.source_ids) + len(e.target_prefix_ids) + len(e.continuation_ids) for e in examples),
     }
 
 

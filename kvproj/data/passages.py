@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from kvproj.data.facts import _a
+
 # ----------------------------------------------------------------------------------------------------------------
 # Word material: names of many origins, invented places and words, objects, organizations.
 
@@ -72,19 +74,15 @@ _MONTHS = ["January", "February", "March", "April", "May", "June", "July", "Augu
 _NUMBER_WORDS = ["two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve"]
 
 
-def _a(phrase: str) -> str:
-    return f"{'an' if phrase[0].lower() in 'aeiou' else 'a'} {phrase}"
-
-
-def _bucket(word: str, seed: int) -> str:
-    """train / val / test by a checksum (70 / 15 / 15): disjoint pools, the same in every process."""
+def _split_of(word: str, seed: int) -> str:
+    """train / val / test by a seeded checksum (70 / 15 / 15): disjoint pools, the same in every process."""
     r = zlib.crc32(f"{seed}:{word}".encode()) % 100
     return "train" if r < 70 else "val" if r < 85 else "test"
 
 
 @functools.lru_cache(maxsize=16)
 def _first_names(seed: int, split: str) -> tuple[str, ...]:
-    return tuple(sorted(n for n in _FIRST if _bucket(n, seed) == split))
+    return tuple(sorted(n for n in _FIRST if _split_of(n, seed) == split))
 
 
 class Material:
@@ -109,12 +107,13 @@ class Material:
             n = rng.randint(*syllables)
             w = "".join(rng.choice(_ONSETS) + rng.choice(_VOWELS) for _ in range(n)) + rng.choice(_CODAS)
             w = (w + rng.choice(ends)).capitalize()
-            if 3 <= len(w) <= 13 and _bucket(w, self.seed) == self.split:
+            if 3 <= len(w) <= 13 and _split_of(w, self.seed) == self.split:
                 return w
 
     def person(self) -> str:
-        names = _first_names(self.seed, self.split)
-        return self._fresh(lambda: f"{self.rng.choice(names)} {self._word(_SURNAME_ENDS)}")
+        """A full name whose first name is reserved too: no other person of the passage (full name or first
+        name alone) shares it, so a question naming one of them is never ambiguous."""
+        return self._fresh(lambda: f"{self.first()} {self._word(_SURNAME_ENDS)}")
 
     def first(self) -> str:
         return self._fresh(lambda: self.rng.choice(_first_names(self.seed, self.split)))

@@ -22,6 +22,15 @@ log = logging.getLogger(__name__)
 TEXT_SUFFIXES = (".txt", ".jsonl")
 
 
+def lm_example(text: str, fraction: float, example_id: str) -> dict[str, Any]:
+    """A language-modelling example from one text: the context is its first `fraction` of characters, cut back to
+    the last space before that point (if there is one), the answer the rest; no question."""
+    cut = int(len(text) * fraction)
+    space = text.rfind(" ", 0, cut)
+    cut = space if space > 0 else cut
+    return {"id": example_id, "context": text[:cut], "question": "", "answer": text[cut:].lstrip()}
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Local files
 

@@ -106,6 +106,7 @@ class C2CFuser(Projector):
         return torch.sigmoid((logit + noise) / self.temperature())
 
     def project_layer(self, target_layer, source_keys, source_values, target_keys, target_values):
+        gate = self.gate(target_layer)  # one draw per layer and step, shared by K and V
         out = []
         for net, src, base in (
             (self.keys[target_layer], source_keys, target_keys),
@@ -116,8 +117,7 @@ class C2CFuser(Projector):
                 feats = torch.cat([feats, self.to_tokens(base)], dim=-1)  # [B, T, Hs*Ds + Ht*Dt]
             correction, head_w = net(feats)  # [B, T, Ht*Dt], [B, T, Ht]
             correction = self.to_heads(correction) * head_w.transpose(1, 2)[..., None]  # [B, Ht, T, Dt]
-            correction = correction * self.gate(target_layer)
-            out.append(correction if self.mode == "replace" else base + correction)
+            out.append(self.combine(correction * gate, base))
         return out[0], out[1]
 
     def layer_diagnostics(self) -> dict[str, float]:
