@@ -36,6 +36,7 @@ def load_examples(
     facts_options: dict | None,
     limit: int | None,
     passages_options: dict | None = None,
+    lm_context_fraction: float = 0.5,
 ):
     """The examples to evaluate. The options are those `check_inputs` accepted (task, split, limit); this checks
     what needs the eval file itself."""
@@ -59,9 +60,12 @@ def load_examples(
                 + ("" if task == "lm" else "; give a JSONL file of {context, question, answer} or 'narrative'")
             )
         if task == "lm":
-            from kvproj.data.text import iter_local_texts
+            from kvproj.data.text import iter_local_texts, lm_example
 
-            examples = [_lm_example(i, t) for i, t in enumerate(iter_local_texts(path))]
+            # the context / continuation cut the run trained with (data.lm_context_fraction)
+            examples = [
+                lm_example(t, lm_context_fraction, f"lm-{i}") for i, t in enumerate(iter_local_texts(path))
+            ]
         else:
             examples = facts_data.read_jsonl(path)
     else:
@@ -74,12 +78,6 @@ def load_examples(
     if not examples:
         raise ValueError(f"no examples to evaluate (eval_file={eval_file!r}, split={split!r})")
     return examples
-
-
-def _lm_example(i: int, text: str) -> dict[str, Any]:
-    cut = text.rfind(" ", 0, len(text) // 2)
-    cut = cut if cut > 0 else len(text) // 2
-    return {"id": f"lm-{i}", "context": text[:cut], "question": "", "answer": text[cut:].lstrip()}
 
 
 @contextlib.contextmanager
@@ -257,7 +255,15 @@ def evaluate(
     )
     config, _ = read_transfer(projector, device)  # also refuses "cuda" where there is none, before loading
     data = config.get("data", {})
-    examples = load_examples(task, eval_file, split, data.get("facts"), limit, data.get("passages"))
+    examples = load_examples(
+        task,
+        eval_file,
+        split,
+        data.get("facts"),
+        limit,
+        data.get("passages"),
+        data.get("lm_context_fraction", 0.5),
+    )
     settings = EvalSettings(batch_size=batch_size, max_new_tokens=max_new_tokens, seed=seed, conditions=conditions)
     evaluator = build_evaluator(projector, device, settings)
     out = Path(output)
