@@ -25,26 +25,41 @@ def _umask() -> int:
     return _UMASK
 
 
-def _explain(err: OSError, path: Path) -> OSError:
-    """Name the file and what to do when the disk is full or the folder is read-only."""
+def _explain(err: OSError, path: Path, advice: str | None = None) -> OSError:
+    """Name the file and what to do when the disk is full or the folder is read-only. `advice`, when given,
+    replaces the generic advice (and explains any other write error too)."""
+    reason = err.strerror or str(err)
+    if advice is not None:
+        return OSError(err.errno, f"cannot write {path}: {reason}; {advice}")
     if err.errno in (errno.ENOSPC, errno.EDQUOT):
         return OSError(err.errno, f"no space left writing {path}: free space there or write elsewhere")
     if err.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
-        return OSError(err.errno, f"cannot write {path} ({err.strerror}): choose a writable folder")
+        return OSError(err.errno, f"cannot write {path} ({reason}): choose a writable folder")
     return err
 
 
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}."  # + mkstemp's random part + ".tmp"
+
+
+def _old_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.old")  # a replaced folder, until the new one is in place
+
+
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike[str], mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
+def atomic_open(
+    path: str | os.PathLike[str], mode: str = "w", encoding: str | None = "utf-8", advice: str | None = None
+) -> Iterator[IO]:
     """Open a temp file beside `path` for writing; on a clean exit it is fsynced and renamed onto `path`.
 
     `mode` is "w" (text) or "wb" (bytes). The file gets the usual permissions (umask), not mkstemp's 0600.
+    `advice`: what to do when the write fails (an OSError then names `path`, the reason and this advice).
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_open: mode must be 'w' or 'wb', got {mode!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as f:
             yield f
@@ -54,7 +69,7 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w", encoding: str | N
         os.replace(tmp, path)
     except OSError as err:
         Path(tmp).unlink(missing_ok=True)
-        raise _explain(err, path) from err
+        raise _explain(err, path, advice) from err
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -73,7 +88,7 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     after the new one is in place). On failure the temp folder is removed and `path` is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent))
     try:
         yield tmp
         for f in tmp.rglob("*"):
@@ -82,7 +97,7 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
                     os.fsync(handle.fileno())
         os.chmod(tmp, 0o777 & ~_umask())
         if path.exists():
-            old = path.with_name(f".{path.name}.old")
+            old = _old_name(path)
             shutil.rmtree(old, ignore_errors=True)
             os.replace(path, old)
             os.replace(tmp, path)
@@ -95,3 +110,25 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def recover(folder: str | os.PathLike[str]) -> None:
+    """Undo what a process killed in the middle of an atomic write left in `folder`: a folder moved aside
+    (`.X.old`) goes back to X when X is missing (killed between atomic_directory's two renames) and is removed
+    otherwise; temp files and folders (`.X.*.tmp`, never a complete write) are removed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    for old in folder.glob(".*.old"):
+        original = folder / old.name[1 : -len(".old")]
+        if not original.exists():
+            os.replace(old, original)
+        elif old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
+    for tmp in folder.glob(".*.tmp"):
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)

@@ -43,29 +43,45 @@ def packaged_config(name: str) -> Path | None:
     return path if path.is_file() else None
 
 
+def option_values(argv: list[str], names: tuple[str, ...]) -> tuple[list[str], list[int]]:
+    """`argv` with each `--opt=V` of the options `names` split into `--opt V`, and the positions of their values
+    V in it (in order; the last one is what the parser keeps). An option given last, with no value, has none."""
+    out: list[str] = []
+    at: list[int] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        name, eq, value = arg.partition("=")
+        if eq and name.startswith("--") and name in names:
+            out += [name, value]
+        elif arg in names and i + 1 < len(argv):
+            out += [arg, argv[i + 1]]
+            i += 1
+        else:
+            out.append(arg)
+            i += 1
+            continue
+        at.append(len(out) - 1)
+        i += 1
+    return out, at
+
+
 def resolve_configs(argv: list[str]) -> list[str]:
     """`--config NAME` that is not a file but names a shipped config (`--config smoke`) becomes that file; no
     `--config` at all means the shipped default run. Fails with a message if neither exists."""
-    out, i = list(argv), 0
-    has_config = False
-    while i < len(out):
-        arg = out[i]
-        value_at = i + 1 if arg in ("--config", "-c") else None
-        if arg.startswith("--config="):
-            value_at, out[i : i + 1] = i + 1, ["--config", arg.split("=", 1)[1]]
-        if value_at is not None and value_at < len(out):
-            has_config = True
-            value = out[value_at]
-            if not Path(value).exists() and (found := packaged_config(value)) is not None:
-                out[value_at] = str(found)
-            elif not Path(value).exists():
-                names = ", ".join(sorted(p.stem for p in PACKAGED_CONFIGS.glob("*.yaml")))
-                raise FileNotFoundError(
-                    f"--config {value}: no such file, and no shipped config of that name ({names})"
-                )
-            i = value_at
-        i += 1
-    if not has_config and not any(
+    out, values = option_values(argv, ("--config", "-c"))
+    for i in values:
+        value = out[i]
+        if Path(value).exists():
+            continue
+        found = packaged_config(value)
+        if found is None:
+            names = ", ".join(sorted(p.stem for p in PACKAGED_CONFIGS.glob("*.yaml")))
+            raise FileNotFoundError(
+                f"--config {value}: no such file, and no shipped config of that name ({names})"
+            )
+        out[i] = str(found)
+    if not values and not any(
         a in ("-h", "--help", "--print_config") or a.startswith("--print_config=") for a in out
     ):
         default = packaged_config("default")
@@ -79,16 +95,19 @@ def resolve_configs(argv: list[str]) -> list[str]:
 
 
 def _setup_logging() -> None:
-    from rich.console import Console
-    from rich.logging import RichHandler
-
     level = os.environ.get("KVPROJ_LOG", "INFO").upper()
     # only kvproj's own logger: Lightning and transformers keep their own handlers (no doubled lines)
     logger = logging.getLogger("kvproj")
     if not logger.handlers:
-        # stderr, and no wrapping when it is a file or pipe (logs stay greppable)
-        console = Console(stderr=True, width=None if sys.stderr.isatty() else 1000)
-        logger.addHandler(RichHandler(console=console, show_path=False))
+        if sys.stderr.isatty():
+            from rich.console import Console
+            from rich.logging import RichHandler
+
+            logger.addHandler(RichHandler(console=Console(stderr=True), show_path=False))
+        else:  # a file or pipe: one plain line per message, no padding or wrapping (logs stay greppable)
+            handler = logging.StreamHandler()
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+            logger.addHandler(handler)
     logger.setLevel(level)
     logger.propagate = False
 
@@ -236,34 +255,24 @@ def zoo_main(argv: list[str]) -> int:
     return _call(commands[cfg.action], cfg[cfg.action].as_dict(), (zoo.ZooError, KeyError, ValueError, OSError))
 
 
-def _ckpt_path_arg(argv: list[str]) -> str | None:
-    for i, a in enumerate(argv):
-        if a == "--ckpt_path" and i + 1 < len(argv):
-            return argv[i + 1]
-        if a.startswith("--ckpt_path="):
-            return a.split("=", 1)[1]
-    return None
-
-
 def lightning_main(argv: list[str]) -> int:
-    from kvproj.training import KVProjCLI
-
     try:
         argv = resolve_configs(argv)  # no --config: the offline default run (SmolLM2-135M -> Gemma-3-270m)
-    except FileNotFoundError as err:
+    except FileNotFoundError as err:  # before Lightning is imported: a mistyped --config fails at once
         logging.getLogger("kvproj").error("%s", err)
         return 2
-    from kvproj.callbacks.checkpointing import CheckpointError
+    from kvproj.callbacks.checkpointing import CheckpointError, load_checkpoint_file
     from kvproj.callbacks.preemption import EXIT_PREEMPTED, PreemptionHandler
     from kvproj.models import ModelNotFoundError
+    from kvproj.training import KVProjCLI
 
     sys.argv = [sys.argv[0], *argv]  # LightningCLI parses sys.argv (passing args= as well makes it warn)
     try:
-        explicit = _ckpt_path_arg(argv)
+        args, at = option_values(argv, ("--ckpt_path",))
+        explicit = args[at[-1]] if at else None
         if explicit and explicit not in ("last", "best", "hpc", "registry"):
-            from kvproj.callbacks.checkpointing import read_checkpoint
-
-            read_checkpoint(explicit)  # LightningCLI reads it before any hook of ours: check readability first
+            # LightningCLI reads it before any hook of ours: check readability first (mmap: no full read)
+            load_checkpoint_file(explicit, mmap=True)
         KVProjCLI()
     except (CheckpointError, ModelNotFoundError, FloatingPointError, OSError, ValueError) as err:  # noqa: B014
         if os.environ.get("KVPROJ_DEBUG"):
@@ -299,3 +308,14 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"unknown command {command!r}\n")
     sys.stderr.write(USAGE)
     return 2
+
+
+def entry() -> None:
+    """The `kvproj` command and `python -m kvproj`: main(), then exit. A preempted run leaves at once, without the
+    interpreter's finalization (the checkpoint is on disk and the notice period is short); main() itself never
+    does, so that it can be called in-process."""
+    code = main()
+    preemption = sys.modules.get("kvproj.callbacks.preemption")  # loaded only by the Lightning commands
+    if preemption is not None and code == preemption.EXIT_PREEMPTED:
+        preemption.exit_now(code)
+    raise SystemExit(code)

@@ -186,13 +186,11 @@ class KVProjectorModule(L.LightningModule):
         for name, value in out.items():
             self.log(f"train/{name}", value, prog_bar=name == "loss", batch_size=bs)
         if not torch.isfinite(out["loss"]):
-            precision = str(self.trainer.precision)
-            advice = (
-                f" or use trainer.precision 32-true (now {precision})" if precision[:2] not in ("32", "64") else ""
-            )
+            from kvproj.callbacks.checkpointing import divergence_advice
+
             raise FloatingPointError(
-                f"train/loss is {out['loss'].item()} at step {self.global_step}: lower model.lr "
-                f"(now {self.hparams.lr}){advice}; the last good checkpoint is kept"
+                f"train/loss is {out['loss'].item()} at step {self.global_step}: "
+                f"{divergence_advice(self.hparams.lr, self.trainer.precision)}; the last good checkpoint is kept"
             )
         return out["loss"]
 

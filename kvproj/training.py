@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -16,12 +15,14 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from kvproj.atomic import recover
 from kvproj.callbacks.checkpointing import (
     LAST,
-    PERIODIC,
     AtomicCheckpointIO,
     FiniteStateGuard,
     RunCheckpoint,
+    periodic_files,
+    run_checkpoint,
     validate_checkpoint,
 )
 from kvproj.callbacks.export import ProjectorExport
@@ -78,7 +79,7 @@ def run_dirs(root: str | Path, name: str) -> tuple[Path, Path]:
 
 
 def has_checkpoints(ckpt_dir: Path) -> bool:
-    return (ckpt_dir / LAST).exists() or any(PERIODIC.match(p.name) for p in ckpt_dir.glob("step=*.ckpt"))
+    return (ckpt_dir / LAST).exists() or bool(periodic_files(ckpt_dir))
 
 
 def move_aside(folders: list[Path]) -> list[tuple[Path, Path]]:
@@ -104,8 +105,13 @@ class KVProjCLI(LightningCLI):
             KVPairDataModule,
             args=args,
             save_config_kwargs={"overwrite": True},
-            # `--trainer.max_step 5` is an error, not a guess at `max_steps`
-            parser_kwargs={"allow_abbrev": False, **{c: {"allow_abbrev": False} for c in self.subcommands()}},
+            # `--trainer.max_step 5` is an error, not a guess at `max_steps`; usage and errors name
+            # `python -m kvproj [options] fit`, not sys.argv[0] (kvproj/__main__.py)
+            parser_kwargs={
+                "prog": "python -m kvproj",
+                "allow_abbrev": False,
+                **{c: {"allow_abbrev": False} for c in self.subcommands()},
+            },
             **kwargs,
         )
 
@@ -126,7 +132,7 @@ class KVProjCLI(LightningCLI):
 
     def before_fit(self) -> None:
         ckpt = self.config["fit"].get("ckpt_path")
-        ckpt_dir = Path(self.trainer.checkpoint_callback.dirpath)
+        ckpt_dir = Path(run_checkpoint(self.trainer).dirpath)
         existing = ckpt_dir / LAST
         if ckpt is None and has_checkpoints(ckpt_dir):  # (with run.overwrite they were moved aside already)
             raise FileExistsError(
@@ -166,23 +172,17 @@ class KVProjCLI(LightningCLI):
             self._overwrite(ckpt_dir, log_dir, config.get("ckpt_path"))
         for folder, setting in ((ckpt_dir, "trainer.default_root_dir"), (log_dir, "trainer.default_root_dir")):
             ensure_writable(folder, setting)
-        for stale in ckpt_dir.glob(".*.ckpt.*.tmp"):  # left by a kill -9 mid-save; never a usable checkpoint
-            stale.unlink(missing_ok=True)
-        previous_export = ckpt_dir / ".projector.old"  # an export killed between its two renames
-        if previous_export.is_dir() and not (ckpt_dir / "projector").exists():
-            os.replace(previous_export, ckpt_dir / "projector")
-        for stale in ckpt_dir.glob(".projector.*"):  # a projector export killed half-way (the folder is intact)
-            shutil.rmtree(stale, ignore_errors=True)
+        recover(ckpt_dir)  # what a kill -9 in the middle of a checkpoint save or projector export left
         kwargs["default_root_dir"] = str(root)
         if trainer_config.get("logger") in (None, True):
             kwargs["logger"] = TensorBoardLogger(save_dir=str(root / "lightning_logs"), name=name, version="")
         user_callbacks = list(trainer_config.get("callbacks") or [])
         kwargs["callbacks"] = [
-            *fault_callbacks(ckpt_dir),  # test hook, only with KVPROJ_FAULT; before the handler (same step end)
+            *fault_callbacks(),  # test hook, only with KVPROJ_FAULT; before the handler (same step end)
             # first: on preemption the checkpoint is written before any other step-end work (e.g. facts eval)
-            PreemptionHandler(ckpt_dir, tuple(run.preemption_signals)),
+            PreemptionHandler(tuple(run.preemption_signals)),
             *user_callbacks,
-            FiniteStateGuard(ckpt_dir),
+            FiniteStateGuard(),
             MemoryWatch(),
             ProjectorExport(ckpt_dir / "projector"),
             LearningRateMonitor(logging_interval="step"),

@@ -39,8 +39,10 @@ from pathlib import Path
 
 import torch
 
+from kvproj.callbacks.checkpointing import periodic_files
+from kvproj.callbacks.faults import POINTS
+
 ROOT = Path(__file__).resolve().parent.parent
-POINTS = ("step", "mid_step", "save", "val", "export", "resume")
 SIGNALS = ("TERM", "INT", "USR1", "KILL")
 PREEMPTION_SIGNALS = "[SIGTERM,SIGINT,SIGUSR1]"
 FAULT_LINE = re.compile(r"kvproj-fault: (\w+)@(\w+) at step (\d+), t=([\d.]+)")
@@ -221,19 +223,18 @@ def expected_last(cell: Cell, struck_at: int, every: int) -> tuple[int, int]:
     if cell.settings.by == "minutes":
         return 0, struck_at  # saved by the clock: at most the step reached
     # by steps: the newest periodic save that completed before the kill
-    if cell.point in ("step", "mid_step"):  # the save of that step had not happened yet
-        return (struck_at - 1) // every * every, (struck_at - 1) // every * every
-    if cell.point == "save":  # killed while writing last.ckpt of that step
+    if cell.point in ("step", "mid_step", "save"):  # that step's save had not happened yet, or was being written
         return (struck_at - 1) // every * every, (struck_at - 1) // every * every
     return struck_at // every * every, struck_at // every * every  # val / export: after that step's save
 
 
 def inspect_folder(folder: Path, keep: int) -> dict:
     names = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
-    periodic = [n for n in names if re.fullmatch(r"step=\d+\.ckpt", n)]
+    periodic = sorted(periodic_files(folder))
     return {
         "v_files": [n for n in names if re.search(r"-v\d+\.ckpt$", n)],
         "periodic": len(periodic),
+        "periodic_steps": periodic,
         "periodic_over_keep": max(len(periodic) - keep, 0),
         "leftovers": [n for n in names if n.startswith(".")],
     }
@@ -283,11 +284,7 @@ def run_cell(cell: Cell, args, work: Path, reference: dict, run: str) -> dict:
         if res.get("last_step") is not None and not lo <= res["last_step"] <= hi:
             problems.append(f"stale last.ckpt: step {res['last_step']}, expected {lo}..{hi}")
             res["stale_last"] = True
-        newer = [
-            int(m.group(1))
-            for p in (folder.iterdir() if folder.is_dir() else [])
-            if (m := re.fullmatch(r"step=(\d+)\.ckpt", p.name))
-        ]
+        newer = inspect_folder(folder, cell.settings.keep)["periodic_steps"]
         if res.get("last_step") is not None and newer and max(newer) > res["last_step"]:
             problems.append(f"stale last.ckpt: step {res['last_step']} but step={max(newer)}.ckpt exists")
             res["stale_last"] = True
@@ -308,7 +305,7 @@ def run_cell(cell: Cell, args, work: Path, reference: dict, run: str) -> dict:
         if not export.is_file():
             problems.append("no projector export after the final run")
     files = inspect_folder(folder, cell.settings.keep)
-    res.update({k: v for k, v in files.items()})
+    res.update(files)
     if files["v_files"]:
         problems.append(f"-vN files: {files['v_files']}")
     if files["periodic_over_keep"]:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -14,6 +17,8 @@ import torch  # noqa: E402
 from kvproj.models import TINY_FAMILIES, load_model  # noqa: E402
 
 FAMILIES = sorted(TINY_FAMILIES)
+ROOT = Path(__file__).resolve().parent.parent
+FAST = ["--trainer.max_steps", "12", "--run.checkpoint_every_n_steps", "4"]
 
 
 @pytest.fixture(autouse=True)
@@ -36,3 +41,28 @@ def load_model_spec(family, kwargs):
     from kvproj.models import ModelSpec
 
     return load_model(ModelSpec(f"tiny:{family}", **kwargs))
+
+
+def fit(
+    root: Path, *extra: str, fault: str | None = None, callbacks: bool = False, config: str = "configs/smoke.yaml"
+) -> subprocess.CompletedProcess:
+    """`python -m kvproj fit` of the smoke config into `root` (12 steps, checkpoint every 4), as users run it.
+    `fault`: KVPROJ_FAULT (kvproj/callbacks/faults.py); `callbacks`: keep the config's callbacks (facts eval)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "KVPROJ_LOG": "INFO"}
+    env.pop("KVPROJ_FAULT", None)
+    if fault:
+        env["KVPROJ_FAULT"] = fault
+    cmd = [sys.executable, "-m", "kvproj", "fit", "--config", config, "--trainer.default_root_dir", str(root), *FAST,
+           *([] if callbacks else ["--trainer.callbacks", "[]"]), *extra]  # fmt: skip
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def state(path: Path) -> dict:
+    """A checkpoint file's contents (weights_only, as kvproj loads them)."""
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def step_of(path: Path) -> int:
+    return state(path)["global_step"]

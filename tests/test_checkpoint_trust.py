@@ -7,32 +7,14 @@ from __future__ import annotations
 import errno
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import fit, state
 
-from kvproj.callbacks.checkpointing import AtomicCheckpointIO, CheckpointError, read_checkpoint
-
-ROOT = Path(__file__).resolve().parent.parent
-FAST = ["--trainer.max_steps", "12", "--run.checkpoint_every_n_steps", "4"]
-NO_CALLBACKS = ["--trainer.callbacks", "[]"]
-
-
-def fit(root: Path, *extra: str, fault: str | None = None, callbacks: bool = False):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "KVPROJ_LOG": "INFO"}
-    env.pop("KVPROJ_FAULT", None)
-    if fault:
-        env["KVPROJ_FAULT"] = fault
-    cmd = [sys.executable, "-m", "kvproj", "fit", "--config", "configs/smoke.yaml", "--trainer.default_root_dir",
-           str(root), *FAST, *([] if callbacks else NO_CALLBACKS), *extra]  # fmt: skip
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-
-
-def state(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
+from kvproj.callbacks.checkpointing import AtomicCheckpointIO, CheckpointError, load_checkpoint_file
+from kvproj.callbacks.faults import FaultInjection, FaultyCheckpointIO
 
 
 def folder(root: Path, run: str = "smoke") -> Path:
@@ -67,7 +49,7 @@ def test_evil_checkpoint_runs_no_code_in_any_loader(tmp_path):
     marker = tmp_path / "MARKER"
     evil = _evil_checkpoint(tmp_path / "evil.ckpt", marker)
     with pytest.raises(CheckpointError, match="evil.ckpt.*refus"):
-        read_checkpoint(evil)
+        load_checkpoint_file(evil)
     with pytest.raises(CheckpointError, match="evil.ckpt.*refus"):
         AtomicCheckpointIO().load_checkpoint(evil)  # what Lightning's trainer.fit(ckpt_path=...) calls
     assert not marker.exists()
@@ -191,18 +173,16 @@ def test_full_disk_during_a_save_names_the_file_and_what_to_do(tmp_path):
     assert not [p for p in folder(tmp_path).iterdir() if p.name.endswith(".tmp")]
 
 
-def test_full_disk_unit_message(tmp_path, monkeypatch):
+def test_full_disk_during_a_save_keeps_the_previous_file(tmp_path):
     path = tmp_path / "last.ckpt"
-    io = AtomicCheckpointIO()
-    io.save_checkpoint({"step": 1}, path)
-
-    def full(*args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(torch, "save", full)
+    io = FaultyCheckpointIO(FaultInjection("2:ENOSPC@save"))  # the first write at global_step >= 2 fails
+    io.save_checkpoint({"global_step": 1}, path)
     with pytest.raises(OSError, match=r"last\.ckpt.*No space left on device.*free space") as err:
-        io.save_checkpoint({"step": 2}, path)
+        io.save_checkpoint({"global_step": 2}, path)
     assert err.value.errno == errno.ENOSPC
+    assert "the previous last.ckpt is kept" in str(err.value)
+    assert torch.load(path, weights_only=True) == {"global_step": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temp file left
 
 
 # ------------------------------------------------------------------------------------ 10: prompt preemption exit

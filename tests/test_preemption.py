@@ -2,33 +2,13 @@
 
 from __future__ import annotations
 
-import errno
-import os
+import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-
-from kvproj.callbacks.checkpointing import AtomicCheckpointIO
-
-ROOT = Path(__file__).resolve().parent.parent
-FAST = ["--trainer.max_steps", "12", "--run.checkpoint_every_n_steps", "4", "--trainer.callbacks", "[]"]
-
-
-def fit(root: Path, *extra: str, fault: str | None = None, config: str = "configs/smoke.yaml"):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "KVPROJ_LOG": "INFO"}
-    env.pop("KVPROJ_FAULT", None)
-    if fault:
-        env["KVPROJ_FAULT"] = fault
-    cmd = [sys.executable, "-m", "kvproj", "fit", "--config", config, "--trainer.default_root_dir", str(root), *FAST,
-           *extra]  # fmt: skip
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-
-
-def step_of(path: Path) -> int:
-    return torch.load(path, map_location="cpu", weights_only=True)["global_step"]
+from conftest import ROOT, fit, state, step_of
 
 
 def test_sigterm_finishes_the_step_checkpoints_and_exits_143(tmp_path):
@@ -38,6 +18,25 @@ def test_sigterm_finishes_the_step_checkpoints_and_exits_143(tmp_path):
     assert step_of(last) == 6  # the step in flight was finished and saved, not lost
     resumed = fit(tmp_path, "--ckpt_path", "last")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert step_of(last) == 12
+
+
+def test_a_users_own_model_checkpoint_does_not_take_the_runs_place(tmp_path):
+    """A ModelCheckpoint of the user's, listed before kvproj's own: preemption, `--ckpt_path last` and the check
+    for an existing run still use the run's folder, checkpoints/<run>/."""
+    mine = tmp_path / "mine"
+    user = ["--trainer.callbacks", json.dumps([{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                                                "init_args": {"dirpath": str(mine)}}])]  # fmt: skip
+    proc = fit(tmp_path, *user, fault="3:TERM")
+    assert proc.returncode == 143, proc.stderr[-2000:]
+    last = tmp_path / "checkpoints" / "smoke" / "last.ckpt"
+    assert step_of(last) == 3
+    assert not (mine / "last.ckpt").exists()
+    again = fit(tmp_path, *user)  # neither resumed nor overwritten: refused
+    assert again.returncode == 1 and "already has checkpoints" in again.stderr, again.stderr[-2000:]
+    resumed = fit(tmp_path, *user, "--ckpt_path", "last")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "starts from step 0" not in resumed.stderr
     assert step_of(last) == 12
 
 
@@ -110,23 +109,6 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert proc.returncode == 1
     assert "FloatingPointError: train/loss is nan at step 5" in proc.stderr
     assert "the last good checkpoint is kept" in proc.stderr
-    last = tmp_path / "checkpoints" / "smoke" / "last.ckpt"
-    state = torch.load(last, map_location="cpu", weights_only=True)
-    assert state["global_step"] == 4  # the periodic checkpoint before the divergence, untouched
-    assert all(torch.isfinite(v).all() for v in state["state_dict"].values())
-
-
-def test_full_disk_during_save_keeps_the_previous_file(tmp_path, monkeypatch):
-    path = tmp_path / "last.ckpt"
-    io = AtomicCheckpointIO()
-    io.save_checkpoint({"step": 1}, path)
-
-    def full(*args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(torch, "save", full)
-    with pytest.raises(OSError, match="No space left"):
-        io.save_checkpoint({"step": 2}, path)
-    monkeypatch.undo()
-    assert torch.load(path, weights_only=True) == {"step": 1}
-    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+    last = state(tmp_path / "checkpoints" / "smoke" / "last.ckpt")
+    assert last["global_step"] == 4  # the periodic checkpoint before the divergence, untouched
+    assert all(torch.isfinite(v).all() for v in last["state_dict"].values())

@@ -4,7 +4,6 @@ replaces a good one, and one writer keeps `last.ckpt` (the run's newest state) a
 from __future__ import annotations
 
 import logging
-import os
 import pickle
 import re
 import time
@@ -36,9 +35,10 @@ def load_checkpoint_file(path: str | Path, setting: str = "--ckpt_path", mmap: b
         raise CheckpointError(f"{setting} {path}: no such file")
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as err:
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        if "weights_only" in str(err) or "Unsupported global" in str(err):
+    except Exception as err:  # truncated zip, garbage, wrong format, unsafe pickle: all mean "not usable"
+        text = str(err)
+        first = text.splitlines()[0] if text else type(err).__name__
+        if isinstance(err, pickle.UnpicklingError) and ("weights_only" in text or "Unsupported global" in text):
             raise CheckpointError(
                 f"{setting} {path}: refused: it holds Python objects that could run code when loaded ({first}). "
                 "kvproj checkpoints hold only tensors and plain values; load only checkpoints that you made"
@@ -46,16 +46,6 @@ def load_checkpoint_file(path: str | Path, setting: str = "--ckpt_path", mmap: b
         raise CheckpointError(
             f"{setting} {path}: cannot be read as a checkpoint (truncated or not one): {first}"
         ) from err
-    except Exception as err:  # truncated zip, garbage, wrong format: all mean "not usable"
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise CheckpointError(
-            f"{setting} {path}: cannot be read as a checkpoint (truncated or not one): {first}"
-        ) from err
-
-
-def read_checkpoint(path: str | Path) -> dict:
-    """Load a checkpoint file or raise CheckpointError naming it (missing, truncated, not a checkpoint, unsafe)."""
-    return load_checkpoint_file(path)
 
 
 def checkpoint_step(path: str | Path) -> int | None:
@@ -76,21 +66,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
         path = Path(path)
-        try:
-            with atomic_open(path, "wb") as f:  # temp file beside it, fsync, rename; removed on failure
-                self._write(checkpoint, f)
-        except OSError as err:
-            if getattr(err, "kvproj_explained", False):
-                raise
-            kept = f"the previous {path.name} is kept" if path.exists() else f"no {path.name} was written"
-            reason = os.strerror(err.errno) if err.errno else str(err)
-            new = OSError(
-                err.errno,
-                f"cannot write checkpoint {path}: {reason}; {kept}; free space on that disk or "
-                f"point --trainer.default_root_dir to another one, then resume with --ckpt_path last",
-            )
-            new.kvproj_explained = True
-            raise new from err
+        kept = f"the previous {path.name} is kept" if path.exists() else f"no {path.name} was written"
+        advice = (
+            f"{kept}; free space on that disk or point --trainer.default_root_dir to another one, then resume "
+            "with --ckpt_path last"
+        )
+        # temp file beside it, fsync, rename; removed on failure; an OSError names the file and gives the advice
+        with atomic_open(path, "wb", advice=advice) as f:
+            self._write(checkpoint, f)
 
     def load_checkpoint(self, path, map_location=None, weights_only: bool | None = None) -> dict[str, Any]:
         return load_checkpoint_file(path)  # never weights_only=False, whatever the caller asks
@@ -115,16 +98,19 @@ def _non_finite(tensors: Any, prefix: str) -> str | None:
     return None
 
 
+def divergence_advice(lr: Any, precision: Any) -> str:
+    """What to change after a run diverged (NaN/inf): the learning rate, the warmup, and a full-precision run
+    unless it already is one."""
+    advice = [f"lower model.lr (now {lr})", "raise model.warmup_steps"]
+    if str(precision)[:2] not in ("32", "64"):
+        advice.append(f"use trainer.precision 32-true (now {precision})")
+    return " or ".join(advice)
+
+
 class FiniteStateGuard(L.Callback):
     """Refuse to write a checkpoint whose projector weights or optimizer state hold NaN/inf: the previous (good)
-    files stay, and the run stops with a message naming the step of the good checkpoint kept.
-
-    Args:
-        dirpath: The run's checkpoint folder (to name the good last.ckpt kept).
-    """
-
-    def __init__(self, dirpath: str | Path) -> None:
-        self.dirpath = Path(dirpath)
+    files stay, and the run stops with a message naming the step of the good checkpoint kept (the run's
+    checkpoint folder is that of its RunCheckpoint)."""
 
     def on_save_checkpoint(
         self, trainer: L.Trainer, module: L.LightningModule, checkpoint: dict[str, Any]
@@ -134,21 +120,27 @@ class FiniteStateGuard(L.Callback):
         )
         if bad is None:
             return
-        last = self.dirpath / LAST
+        folder = Path(run_checkpoint(trainer).dirpath)
+        last = folder / LAST
         step = checkpoint_step(last) if last.is_file() else None
         kept = (
             f"the last good checkpoint, {last} (step {step}), is kept"
             if step is not None
-            else f"no checkpoint of this run was written before ({self.dirpath} has no {LAST})"
+            else f"no checkpoint of this run was written before ({folder} has no {LAST})"
         )
-        advice = [f"lower model.lr (now {module.hparams.get('lr')})", "raise model.warmup_steps"]
-        if str(trainer.precision)[:2] not in ("32", "64"):
-            advice.append(f"use trainer.precision 32-true (now {trainer.precision})")
         raise FloatingPointError(
             f"{bad} is not finite (NaN/inf) at step {trainer.global_step}: checkpoint not written; {kept}. "
-            f"The run diverged: {' or '.join(advice)}, in a new run (--run.name NAME, or --run.overwrite true): "
-            "a resumed run keeps the learning rate saved in its checkpoint"
+            f"The run diverged: {divergence_advice(module.hparams.get('lr'), trainer.precision)}, in a new run "
+            "(--run.name NAME, or --run.overwrite true): a resumed run keeps the learning rate saved in its checkpoint"
         )
+
+
+def periodic_files(folder: str | Path) -> dict[int, Path]:
+    """The periodic checkpoints `step=NNNNNNN.ckpt` in `folder`, by step."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return {}
+    return {int(m.group(1)): p for p in folder.iterdir() if (m := PERIODIC.match(p.name))}
 
 
 class RunCheckpoint(ModelCheckpoint):
@@ -195,15 +187,9 @@ class RunCheckpoint(ModelCheckpoint):
         ).replace(type(self).__qualname__, "ModelCheckpoint", 1)
 
     # ----------------------------------------------------------------- what is on disk
-    def periodic_files(self) -> dict[int, Path]:
-        folder = Path(self.dirpath)
-        if not folder.is_dir():
-            return {}
-        return {int(m.group(1)): p for p in folder.iterdir() if (m := PERIODIC.match(p.name))}
-
     def _sync_from_disk(self, trainer: L.Trainer, current_step: int) -> None:
         """Keep the newest `keep` periodic files at or before `current_step`; make Lightning's top-k state say so."""
-        files = self.periodic_files()
+        files = periodic_files(self.dirpath)
         for step, path in files.items():
             if step > current_step:
                 log.warning("removing %s: beyond step %d that training resumed from", path, current_step)
@@ -226,8 +212,6 @@ class RunCheckpoint(ModelCheckpoint):
         self._last_written_time = time.monotonic()
         self._last_written_step = trainer.global_step if trainer.ckpt_path else None
         self._sync_from_disk(trainer, trainer.global_step)
-        for stale in Path(self.dirpath).glob(f".{LAST}.*.tmp"):
-            stale.unlink(missing_ok=True)
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         super().on_train_batch_end(trainer, module, outputs, batch, batch_idx)
@@ -264,10 +248,19 @@ class RunCheckpoint(ModelCheckpoint):
         self._last_written_time = time.monotonic()
 
 
+def run_checkpoint(trainer: L.Trainer) -> RunCheckpoint:
+    """The run's RunCheckpoint, the writer of its checkpoint folder (not `trainer.checkpoint_callback`: that is
+    the first ModelCheckpoint, which may be one the user added)."""
+    for callback in trainer.checkpoint_callbacks:
+        if isinstance(callback, RunCheckpoint):
+            return callback
+    raise RuntimeError("this trainer has no RunCheckpoint (kvproj's CLI adds one to every run)")
+
+
 def validate_checkpoint(path: str | Path, module: L.LightningModule) -> None:
     """Refuse, with a message naming the file, a checkpoint that is unreadable or belongs to another setup."""
     path = Path(path)
-    state = read_checkpoint(path)
+    state = load_checkpoint_file(path, mmap=True)  # only its 'kvproj' record is read: no full load of the weights
     meta = state.get("kvproj") if isinstance(state, dict) else None
     if meta is None:
         raise CheckpointError(f"--ckpt_path {path}: not a kvproj training checkpoint (no 'kvproj' record)")

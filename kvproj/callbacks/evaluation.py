@@ -6,6 +6,8 @@ import logging
 
 import lightning as L
 
+from kvproj.callbacks.preemption import preempted
+
 log = logging.getLogger(__name__)
 
 
@@ -77,11 +79,11 @@ class FactsEvalCallback(L.Callback):
         return results
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        if getattr(trainer, "kvproj_preempted", False):  # checkpointed and leaving: no eval on the way out
+        if preempted(trainer):  # checkpointed and leaving: no eval on the way out
             return
         if trainer.global_step % self.every_n_steps == 0 and trainer.global_step != self._last_step:
             self.evaluate(trainer, module)
 
     def on_train_end(self, trainer, module) -> None:
-        if trainer.global_step != self._last_step and not getattr(trainer, "kvproj_preempted", False):
+        if trainer.global_step != self._last_step and not preempted(trainer):
             self.evaluate(trainer, module)

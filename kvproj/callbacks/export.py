@@ -7,6 +7,7 @@ from pathlib import Path
 
 import lightning as L
 
+from kvproj.callbacks.preemption import preempted
 from kvproj.projectors.io import save_projector
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ class ProjectorExport(L.Callback):
             self.export(trainer, module)
 
     def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        if getattr(trainer, "kvproj_preempted", False):  # leave promptly; the run that finishes exports
+        if preempted(trainer):  # leave promptly; the run that finishes exports
             return
         self.export(trainer, module)
         log.info("projector exported to %s", self.dirpath)

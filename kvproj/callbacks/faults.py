@@ -24,7 +24,6 @@ import os
 import signal
 import sys
 import time
-from pathlib import Path
 from typing import Any, BinaryIO
 
 import lightning as L
@@ -147,6 +146,6 @@ class FaultInjection(L.Callback):
         self.strike(trainer.global_step)
 
 
-def fault_callbacks(ckpt_dir: str | Path) -> list[L.Callback]:
+def fault_callbacks() -> list[L.Callback]:
     """[FaultInjection] when KVPROJ_FAULT is set, else []."""
     return [FaultInjection()] if os.environ.get("KVPROJ_FAULT") else []

@@ -12,26 +12,25 @@ import logging
 import os
 import signal
 import sys
-from pathlib import Path
 
 import lightning as L
 
-from kvproj.callbacks.checkpointing import RunCheckpoint
+from kvproj.callbacks.checkpointing import run_checkpoint
 
 log = logging.getLogger(__name__)
 EXIT_PREEMPTED = 143  # 128 + SIGTERM: what supervisors expect from a job stopped by SIGTERM
 
 
 class PreemptionHandler(L.Callback):
-    """Args:
-    dirpath: The run's checkpoint folder (the checkpoint goes to last.ckpt there).
-    signals: Signal names that mean "preempted".
+    """The checkpoint goes to last.ckpt in the run's checkpoint folder, through its RunCheckpoint.
+
+    Args:
+        signals: Signal names that mean "preempted".
     """
 
     received: int | None = None  # process-wide: the CLI reads it after fit returns
 
-    def __init__(self, dirpath: str | Path, signals: tuple[str, ...] = ("SIGTERM",)) -> None:
-        self.path = Path(dirpath) / "last.ckpt"
+    def __init__(self, signals: tuple[str, ...] = ("SIGTERM",)) -> None:
         self.signals = []
         for name in signals:
             if not hasattr(signal, name):
@@ -56,13 +55,10 @@ class PreemptionHandler(L.Callback):
             return
         # checkpoint first, then leave at once: no validation pass (Lightning runs one when should_stop is set),
         # no facts eval, no export (a later run exports at its end); the notice period is short
-        saver = trainer.checkpoint_callback
-        if isinstance(saver, RunCheckpoint):
-            saver.write_last(trainer)  # through the one writer of last.ckpt (no last-v1.ckpt beside it)
-        else:
-            trainer.save_checkpoint(self.path)
+        # through the one writer of last.ckpt (no last-v1.ckpt beside it)
+        path = run_checkpoint(trainer).write_last(trainer)
         trainer.kvproj_preempted = True
-        log.warning("preempted: checkpoint at step %d written to %s; exiting", trainer.global_step, self.path)
+        log.warning("preempted: checkpoint at step %d written to %s; exiting", trainer.global_step, path)
         trainer.should_stop = True
         trainer.limit_val_batches = 0
 
