@@ -454,6 +454,18 @@ def latency(args) -> int:
     print(
         f"signal-to-exit: median {statistics.median(times):.2f} s, max {max(times):.2f} s over {len(times)} runs"
     )
+    if args.json:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=checkout, capture_output=True, text=True)
+        record = {
+            "command": "python scripts/preempt_test.py " + " ".join(args.argv),
+            "checkout_commit": commit.stdout.strip() or None,
+            "config": args.config,
+            "signal_to_exit_s": [round(t, 3) for t in times],
+            "median_s": round(statistics.median(times), 3),
+            "max_s": round(max(times), 3),
+        }
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
     return 0
 
 
@@ -472,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--settings", help="--matrix: force one setting for all cells, e.g. minutes-keep1-facts_off"
     )
-    parser.add_argument("--json", help="--matrix: write the results here")
+    parser.add_argument("--json", help="--matrix / --latency: write the results here")
     parser.add_argument("--keep_outputs", action="store_true", help="--matrix: keep each cell's folders")
     parser.add_argument("--latency", type=int, default=0, metavar="N", help="measure signal-to-exit N times")
     parser.add_argument("--checkout", default=str(ROOT), help="--latency: the kvproj checkout to run")

@@ -31,7 +31,9 @@ class ProjectorExport(L.Callback):
         if dm is not None:
             # what evaluation needs to read examples exactly as training did
             extra["data"] = {
-                k: dm.hparams[k] for k in ("answer_template", "max_context_tokens", "protocol") if k in dm.hparams
+                k: dm.hparams[k]
+                for k in ("answer_template", "max_context_tokens", "protocol", "lm_context_fraction")
+                if k in dm.hparams
             }
             extra["data"]["chat_template"] = module.pair.chat_template
             extra["data"]["question_template"] = module.pair.question_template
