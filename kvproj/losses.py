@@ -28,11 +28,31 @@ def answer_cross_entropy(model: nn.Module, hidden: torch.Tensor, labels: torch.T
     return F.cross_entropy(logits.float(), targets)
 
 
-def kl_to_oracle(student_logits: torch.Tensor, oracle_logits: torch.Tensor) -> torch.Tensor:
-    """Mean over positions of KL(oracle || student); both [N, V]."""
+def kl_per_token(student_logits: torch.Tensor, oracle_logits: torch.Tensor) -> torch.Tensor:
+    """KL(oracle || student) in nats at each of N scored positions; both [N, V] -> [N]. The oracle is the target
+    reading the context as text; the student is the target with the condition's cache (e.g. the projected one)."""
     oracle = F.log_softmax(oracle_logits.float(), dim=-1)
     student = F.log_softmax(student_logits.float(), dim=-1)
-    return F.kl_div(student, oracle, log_target=True, reduction="batchmean")
+    return (oracle.exp() * (oracle - student)).sum(-1)
+
+
+def kl_per_example(
+    student_logits: torch.Tensor, oracle_logits: torch.Tensor, example: torch.Tensor, n_examples: int
+) -> torch.Tensor:
+    """kvproj's one KL-to-oracle figure: for each example, the mean of `kl_per_token` over its scored positions.
+    `example` [N] gives each position's example (row) index; returns [n_examples], NaN for an example with no
+    scored position. Evaluation scores the answer tokens; training (`kl_to_oracle`) every continuation token."""
+    kl = kl_per_token(student_logits, oracle_logits)
+    total = kl.new_zeros(n_examples).index_add(0, example, kl)
+    count = kl.new_zeros(n_examples).index_add(0, example, torch.ones_like(kl))
+    return torch.where(count > 0, total / count.clamp_min(1), torch.full_like(total, float("nan")))
+
+
+def kl_to_oracle(student_logits: torch.Tensor, oracle_logits: torch.Tensor, example: torch.Tensor) -> torch.Tensor:
+    """The training loss: `kl_per_example` averaged over the examples that have scored positions (each example
+    weighs alike, as in evaluation's mean over examples)."""
+    n = int(example.max().item()) + 1 if example.numel() else 0
+    return kl_per_example(student_logits, oracle_logits, example, n).nanmean()
 
 
 def reconstruction(

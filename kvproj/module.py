@@ -167,7 +167,8 @@ class KVProjectorModule(L.LightningModule):
             student = logits_from_hidden(target, hidden[:, :-1][mask])
             with torch.no_grad():
                 oracle = logits_from_hidden(target, self.oracle_hidden(batch)[:, :-1][mask])
-            out["kl"] = kl_to_oracle(student, oracle)
+            rows = torch.arange(mask.shape[0], device=mask.device)[:, None].expand_as(mask)[mask]
+            out["kl"] = kl_to_oracle(student, oracle, rows)
             total = total + hp.kl_weight * out["kl"]
         if hp.reconstruction_weight > 0:
             out["reconstruction"], _, _ = self.reconstruction(batch, projected)

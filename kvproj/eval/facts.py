@@ -28,6 +28,7 @@ from kvproj.cache import (
 )
 from kvproj.data.pairs import PairCodec, mask_rows, pad_rows
 from kvproj.eval import metrics
+from kvproj.losses import kl_per_example
 from kvproj.pair import FrozenPair
 from kvproj.transfer import CacheTransfer
 
@@ -318,9 +319,9 @@ class FactsEvaluator:
                 )
             entry["ci95"] = ci95
             conditions[name] = entry
-            for e, g, p, c in zip(examples, sc.generated, sc.prompts, em):
+            for e, g, p, c, nll, kl in zip(examples, sc.generated, sc.prompts, em, sc.nll, sc.kl):
                 rows.append({"id": e.get("id"), "condition": name, "prompt": p, "generated": g, "answer": e["answer"],
-                             "correct": bool(c)})  # fmt: skip
+                             "correct": bool(c), "answer_nll": nll, "kl_to_oracle": kl})  # fmt: skip
         gap = {"exact_match": None, "answer_nll": None}
         if {"projected", "target_alone", "target_text"} <= conditions.keys():
             for k in gap:
@@ -330,12 +331,9 @@ class FactsEvaluator:
         return {"n": len(examples), "conditions": conditions, "gap_closed": gap}, rows
 
 
-def _kl_per_example(logits: torch.Tensor, oracle: torch.Tensor, labels: torch.Tensor) -> list[float]:
-    """Mean over each example's answer positions of KL(oracle || condition)."""
-    targets = labels[:, 1:]
-    mask = targets != -100
-    example = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(targets)[mask]
-    kl = (F.softmax(oracle, -1) * (F.log_softmax(oracle, -1) - F.log_softmax(logits, -1))).sum(-1)  # [N]
-    total = torch.zeros(labels.shape[0], device=labels.device).index_add_(0, example, kl)
-    count = torch.zeros(labels.shape[0], device=labels.device).index_add_(0, example, torch.ones_like(kl))
-    return (total / count.clamp_min(1)).tolist()
+def _kl_per_example(logits: torch.Tensor, oracle: torch.Tensor, labels: torch.Tensor) -> list[float | None]:
+    """`kvproj.losses.kl_per_example` over each example's answer positions (None: no answer token scored)."""
+    mask = labels[:, 1:] != -100
+    example = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(mask)[mask]
+    kl = kl_per_example(logits, oracle, example, labels.shape[0])
+    return [None if v != v else v for v in kl.tolist()]

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# One issue-10 lever at an equal budget: fit the default recipe with the given overrides for STEPS steps, then
+# evaluate the projected cache and the shuffled control on the held-out narrative file and the held-out passage
+# genres (first 100 examples each). The reference conditions (floor, oracle, text_to_text) do not depend on the
+# projector: they come from scripts/levers_passages.sh.
+#   bash scripts/lever.sh NAME STEPS [fit overrides...]       (ROOT=runs-levers by default)
+# Results: ROOT/eval-NAME-{narrative,passages-test}/results.json
+set -euo pipefail
+cd "$(dirname "$0")/.."
+NAME=$1 STEPS=$2
+shift 2
+ROOT=${ROOT:-runs-levers}
+PY=${PY:-.venv/bin/python}
+CONDITIONS=${CONDITIONS:-projected shuffled_source}
+$PY -m kvproj fit --config configs/default.yaml --run.name "$NAME" --trainer.default_root_dir "$ROOT" \
+  --trainer.max_steps "$STEPS" --trainer.callbacks '[]' --trainer.limit_val_batches 0 --run.overwrite true "$@"
+for e in narrative passages:test; do
+  # shellcheck disable=SC2086
+  $PY -m kvproj evaluate --projector "$ROOT/checkpoints/$NAME/projector" --eval_file "$e" --limit 100 \
+    --conditions $CONDITIONS --output "$ROOT/eval-$NAME-${e//:/-}/results.json" --overwrite
+done
