@@ -86,7 +86,16 @@ def test_same_model_identity_projector_matches_the_oracle_exactly(tmp_path):
     assert set(c) == {"target_alone", "target_text", "source_text", "projected", "shuffled_source", "text_to_text",
                       "untrained"}  # fmt: skip
     assert len(rows) == 6 * 7
-    assert set(rows[0]) == {"id", "condition", "prompt", "generated", "answer", "correct", "answer_nll", "kl_to_oracle"}
+    assert set(rows[0]) == {
+        "id",
+        "condition",
+        "prompt",
+        "generated",
+        "answer",
+        "correct",
+        "answer_nll",
+        "kl_to_oracle",
+    }
 
 
 def test_results_are_reproducible_and_never_overwritten(tmp_path):
