@@ -1,4 +1,4 @@
-"""Closed-form start for the linear projector: per-layer ridge regression from aligned (source, target) cache
+"""Closed-form start for the linear and low-rank projectors: per-layer ridge regression from aligned (source, target) cache
 pairs of the same text, fitted on a part of the data stream that training never reaches, then fine-tuned.
 """
 
@@ -32,9 +32,10 @@ def ridge_init(module: Any, datamodule: Any, batches: int | None = None, lam: fl
     Positions: target prefix positions with an aligned source position.
     """
     proj = module.projector
-    if proj.architecture != "linear":
+    if not hasattr(proj, "set_linear_map"):
         raise ValueError(
-            f"model.ridge_init: only the 'linear' projector has a closed form, got {proj.architecture!r}"
+            f"model.ridge_init: the {proj.architecture!r} projector has no closed-form start; valid: 'linear' "
+            "(the ridge solution) or 'lowrank' (its truncated SVD)"
         )
     hp = module.hparams
     batches = batches or hp.ridge_batches
@@ -84,15 +85,13 @@ def ridge_init(module: Any, datamodule: Any, batches: int | None = None, lam: fl
                     xtx[kind][t] += x1.T @ x1
                     xty[kind][t] += x1.T @ y
     stats = {"rows": rows}
-    for kind, layers in (("k", proj.keys), ("v", proj.values)):
-        for t, linear in enumerate(layers):
+    for kind in "kv":
+        for t in range(n_layers):
             a = xtx[kind][t]
             scale = a.diagonal()[:-1].mean().clamp_min(1e-12)
             reg = torch.eye(d_in, dtype=a.dtype, device=device) * lam * scale
             reg[-1, -1] = 0  # the bias is not penalised
             w = torch.linalg.solve(a + reg, xty[kind][t])  # [d_in, d_out]
-            linear.weight.copy_(w[:-1].T.to(linear.weight.dtype))
-            if linear.bias is not None:
-                linear.bias.copy_(w[-1].to(linear.bias.dtype))
+            proj.set_linear_map("keys" if kind == "k" else "values", t, w[:-1].T, w[-1])
     log.info("ridge start: fitted %d target layers on %d aligned positions (lambda %.3g)", n_layers, rows, lam)
     return stats

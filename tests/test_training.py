@@ -20,7 +20,7 @@ from kvproj.data.facts import FactsConfig
 from kvproj.models import ModelSpec
 from kvproj.module import KVProjectorModule
 from kvproj.pair import FrozenPair
-from kvproj.projectors import IdentityConfig, LinearConfig, LowRankConfig
+from kvproj.projectors import C2CConfig, IdentityConfig, LinearConfig, LowRankConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
@@ -234,6 +234,31 @@ def test_ridge_start_fits_the_target_cache_better_than_random():
         ridge_init(module, dm)
         after, _, _ = reconstruction(module.project(batch), own, valid)
     assert after < 0.5 * before
+
+
+def test_lowrank_ridge_start_is_the_truncated_svd_of_the_linear_one():
+    from kvproj.losses import reconstruction
+    from kvproj.ridge import ridge_init
+
+    dm = _dm(target=ModelSpec("tiny:qwen2", seed=2))
+    batch = _batch(dm, start=500)
+    valid = batch["target_prefix_mask"].bool() & (batch["align_index"] >= 0)
+    own = dm.pair.target_cache(batch)
+    linear = KVProjectorModule(pair=dm.pair, projector=LinearConfig(), ridge_batches=4)
+    width = min(dm.pair.source.geometry.width, dm.pair.target.geometry.width)
+    full = KVProjectorModule(pair=dm.pair, projector=LowRankConfig(rank=width), ridge_batches=4)
+    low = KVProjectorModule(pair=dm.pair, projector=LowRankConfig(rank=2), ridge_batches=4)
+    with torch.no_grad():
+        random_fit, _, _ = reconstruction(low.project(batch), own, valid)
+        errors = []
+        for module in (linear, full, low):
+            ridge_init(module, dm)
+            errors.append(reconstruction(module.project(batch), own, valid)[0].item())
+    # full rank reproduces the ridge map; rank 2 loses some of it but starts far better than random
+    assert errors[1] == pytest.approx(errors[0], rel=1e-4)
+    assert errors[0] < errors[2] < 0.5 * random_fit.item()
+    with pytest.raises(ValueError, match="model.ridge_init: the 'c2c' projector has no closed-form start"):
+        ridge_init(KVProjectorModule(pair=dm.pair, projector=C2CConfig(hidden=8)), dm)
 
 
 def test_bad_settings_name_the_setting():

@@ -9,6 +9,7 @@ import json
 import logging
 import random
 import re
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -360,13 +361,18 @@ def sample_corpus(
     from kvproj.models import load_model
 
     loaded = load_model(model_name)
+    started = time.perf_counter()
     rows = _sample(loaded, n_texts, seed, max_new_tokens, batch_size, prompts)
+    seconds = time.perf_counter() - started
     lines = [json.dumps({"text": t, "prompt": p, "seed": seed}, ensure_ascii=False) + "\n" for t, p in rows]
     _atomic_write(out_path, lines)
     digest = hashlib.sha256("".join(lines).encode("utf-8")).hexdigest()
     meta = {"key": key, "complete": True, "count": len(lines), "sha256": digest}
     _atomic_write(meta_path(out_path), [json.dumps(meta, indent=2, sort_keys=True) + "\n"])
-    log.info("sample_corpus: wrote %d texts to %s", len(lines), out_path)
+    log.info(
+        "sample_corpus: wrote %d texts to %s (sampled in %.0f s: %.1f texts/s, batch %d, %d new tokens each)",
+        len(lines), out_path, seconds, len(lines) / max(seconds, 1e-9), batch_size, max_new_tokens,
+    )  # fmt: skip
     return out_path
 
 

@@ -62,3 +62,12 @@ class LinearProjector(Projector):
         k = self.to_heads(self.keys[target_layer](self.to_tokens(source_keys)))  # [B, Ht, T, Dt]
         v = self.to_heads(self.values[target_layer](self.to_tokens(source_values)))
         return self.combine(k, target_keys), self.combine(v, target_values)
+
+    @torch.no_grad()
+    def set_linear_map(self, kind: str, target_layer: int, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        """Set target layer's `kind` ("keys" / "values") map to weight [d_out, d_in] and bias [d_out] (the ridge
+        start, `kvproj.ridge`)."""
+        layer = getattr(self, kind)[target_layer]
+        layer.weight.copy_(weight.to(layer.weight.dtype))
+        if layer.bias is not None:
+            layer.bias.copy_(bias.to(layer.bias.dtype))

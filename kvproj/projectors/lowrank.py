@@ -15,7 +15,8 @@ from kvproj.projectors.base import Projector, ProjectorConfig
 @dataclass(frozen=True)
 class LowRankConfig(ProjectorConfig):
     """Per target layer, rank-r maps (down to r, up to the target width) for keys and values. Init: random down,
-    random up (zero in fuse mode: an untrained projector changes nothing).
+    random up (zero in fuse mode: an untrained projector changes nothing); `model.ridge_init: true` starts it
+    from the truncated SVD of the ridge solution instead (the best rank-r approximation of that map).
 
     Args:
         rank: Inner dimension r (>= 1).
@@ -62,3 +63,19 @@ class LowRankProjector(Projector):
         k = self.to_heads(self.keys[target_layer](self.to_tokens(source_keys)))
         v = self.to_heads(self.values[target_layer](self.to_tokens(source_values)))
         return self.combine(k, target_keys), self.combine(v, target_values)
+
+    @torch.no_grad()
+    def set_linear_map(self, kind: str, target_layer: int, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        """Start target layer's `kind` ("keys" / "values") map from the rank-r truncated SVD of weight
+        [d_out, d_in] (split as up = U sqrt(S), down = sqrt(S) V^T) and bias [d_out] (the ridge start)."""
+        net = getattr(self, kind)[target_layer]
+        u, s, vh = torch.linalg.svd(weight.double(), full_matrices=False)
+        r = min(self.config.rank, s.shape[0])
+        root = s[:r].sqrt()
+        up = torch.zeros_like(net.up.weight, dtype=torch.float64)
+        down = torch.zeros_like(net.down.weight, dtype=torch.float64)
+        up[:, :r] = u[:, :r] * root
+        down[:r] = root[:, None] * vh[:r]
+        net.up.weight.copy_(up.to(net.up.weight.dtype))
+        net.down.weight.copy_(down.to(net.down.weight.dtype))
+        net.up.bias.copy_(bias.to(net.up.bias.dtype))
