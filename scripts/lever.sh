@@ -12,8 +12,11 @@ shift 2
 ROOT=${ROOT:-runs-levers}
 PY=${PY:-.venv/bin/python}
 CONDITIONS=${CONDITIONS:-projected shuffled_source}
+# a run with a checkpoint and no exported projector was interrupted: resume it (exact), else start afresh
+start=(--run.overwrite true)
+if [ -e "$ROOT/checkpoints/$NAME/last.ckpt" ] && [ ! -e "$ROOT/checkpoints/$NAME/projector" ]; then start=(--ckpt_path last); fi
 $PY -m kvproj fit --config configs/default.yaml --run.name "$NAME" --trainer.default_root_dir "$ROOT" \
-  --trainer.max_steps "$STEPS" --trainer.callbacks '[]' --trainer.limit_val_batches 0 --run.overwrite true "$@"
+  --trainer.max_steps "$STEPS" --trainer.callbacks '[]' --trainer.limit_val_batches 0 "${start[@]}" "$@"
 for e in narrative passages:test; do
   # shellcheck disable=SC2086
   $PY -m kvproj evaluate --projector "$ROOT/checkpoints/$NAME/projector" --eval_file "$e" --limit 100 \

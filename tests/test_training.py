@@ -76,6 +76,44 @@ def test_smoke_fit_writes_outputs_and_resumes(tmp_path):
     assert any(not torch.equal(state["state_dict"][k], resumed["state_dict"][k]) for k in state["state_dict"])
 
 
+def _eval_callback_config(tmp_path: Path, eval_files: list[str]) -> str:
+    extra = tmp_path / "eval.yaml"
+    extra.write_text(
+        "trainer:\n  callbacks:\n    - class_path: kvproj.callbacks.evaluation.FactsEvalCallback\n"
+        f"      init_args: {{every_n_steps: 3, limit: 3, conditions: [projected], eval_files: {eval_files}}}\n"
+    )
+    return str(extra)
+
+
+def test_eval_callback_writes_a_learning_curve_on_held_out_sets(tmp_path):
+    extra = _eval_callback_config(tmp_path, ["passages:val", "narrative"])
+    common = ["--config", "configs/smoke.yaml", "--config", extra, "--trainer.default_root_dir", str(tmp_path)]
+    run = run_cli("fit", *common, "--trainer.max_steps", "4", "--trainer.limit_val_batches", "0")
+    assert run.returncode == 0, run.stderr[-3000:]
+    folder = tmp_path / "lightning_logs" / "smoke" / "eval"
+    names = sorted(p.name for p in folder.iterdir())
+    # every 3 steps and at the end: steps 3 and 4, for each set
+    assert names == [
+        "narrative-step0000003.json", "narrative-step0000004.json",
+        "passages-val-step0000003.json", "passages-val-step0000004.json",
+    ]  # fmt: skip
+    import json
+
+    got = json.loads((folder / "passages-val-step0000004.json").read_text())
+    assert got["eval_set"] == "passages:val" and got["global_step"] == 4 and got["n"] == 3
+    assert set(got["conditions"]) == {"projected"}
+    assert 0.0 <= got["conditions"]["projected"]["exact_match"] <= 1.0
+
+
+def test_eval_callback_refuses_a_missing_set_before_training(tmp_path):
+    extra = _eval_callback_config(tmp_path, [str(tmp_path / "missing.jsonl")])
+    common = ["--config", "configs/smoke.yaml", "--config", extra, "--trainer.default_root_dir", str(tmp_path)]
+    run = run_cli("fit", *common, "--trainer.max_steps", "4")
+    assert run.returncode != 0
+    assert "missing.jsonl: no such file" in run.stderr
+    assert not (tmp_path / "checkpoints" / "smoke" / "last.ckpt").exists()
+
+
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
 def test_every_config_parses(config):
     from kvproj.cli import main

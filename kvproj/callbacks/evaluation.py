@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
+from pathlib import Path
 
 import lightning as L
 
@@ -20,6 +23,10 @@ class FactsEvalCallback(L.Callback):
         conditions: Conditions to run (the floor and oracle are cheap to include and make the gap readable).
         max_new_tokens: Greedy tokens per answer.
         examples_in_table: Example generations per condition written to the TensorBoard text tab.
+        eval_files: Held-out sets evaluated as well, each with the same limit and conditions: "narrative" (the
+            bundled hand-written file), "passages:val" / "passages:test" (the run's held-out passage genres) or
+            a JSONL path of {context, question, answer}. Scalars go to eval/<set>/...; each evaluation's
+            results JSON to <log dir>/eval/<set>-step<N>.json (a learning curve on prose unlike training).
     """
 
     def __init__(
@@ -29,30 +36,78 @@ class FactsEvalCallback(L.Callback):
         conditions: tuple[str, ...] = ("target_alone", "target_text", "projected", "shuffled_source"),
         max_new_tokens: int = 12,
         examples_in_table: int = 4,
+        eval_files: tuple[str, ...] = (),
     ) -> None:
         if every_n_steps < 1:
             raise ValueError(f"FactsEvalCallback.every_n_steps: must be >= 1, got {every_n_steps}")
+        if limit < 1:
+            raise ValueError(f"FactsEvalCallback.limit: must be >= 1, got {limit}")
         self.every_n_steps, self.limit = every_n_steps, limit
         self.conditions, self.max_new_tokens = tuple(conditions), max_new_tokens
         self.examples_in_table = examples_in_table
+        self.eval_files = tuple(eval_files)
+        self._examples: dict[str, list[dict]] = {}
         self._last_step = -1
 
-    def evaluate(self, trainer: L.Trainer, module: L.LightningModule) -> dict | None:
+    def setup(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
+        # read every held-out set now: a bad name fails before training, not after the first N steps
+        from kvproj.eval.run import load_examples
+
+        dm = trainer.datamodule
+        for name in self.eval_files:
+            if name not in self._examples:
+                self._examples[name] = load_examples(
+                    "facts",
+                    name,
+                    "val",
+                    None,
+                    self.limit,
+                    passages_options=dataclasses.asdict(dm.passages_options),
+                )
+
+    def _run(self, trainer: L.Trainer, module: L.LightningModule, examples: list[dict]):
         from kvproj.eval.facts import EvalSettings, FactsEvaluator
 
         dm = trainer.datamodule
-        examples = dm.val_raw()[: self.limit]
-        if not examples or dm.dataset not in ("facts", "passages"):
-            return None
         settings = EvalSettings(
             batch_size=dm.val_batch_size, max_new_tokens=self.max_new_tokens, conditions=self.conditions
         )
         was_training = module.training
         module.eval()
         try:
-            results, rows = FactsEvaluator(dm.pair, dm.codec, module.transfer, None, settings).run(examples)
+            return FactsEvaluator(dm.pair, dm.codec, module.transfer, None, settings).run(examples)
         finally:
             module.train(was_training)
+
+    def evaluate_files(self, trainer: L.Trainer, module: L.LightningModule) -> dict[str, dict]:
+        """The held-out `eval_files` at this step: logged, written as results JSON, returned by set name."""
+        from kvproj.atomic import atomic_write
+
+        step, out = trainer.global_step, {}
+        folder = Path(trainer.log_dir or trainer.default_root_dir) / "eval"
+        for name in self.eval_files:
+            results, _ = self._run(trainer, module, self._examples[name])
+            tag = name.replace(":", "-").replace("/", "_")
+            for condition, c in results["conditions"].items():
+                for metric in ("exact_match", "f1", "answer_nll"):
+                    if c[metric] is not None:
+                        module.logger.log_metrics({f"eval/{tag}/{condition}/{metric}": c[metric]}, step=step)
+            results = {"eval_set": name, "global_step": step, **results}
+            if trainer.is_global_zero:
+                atomic_write(folder / f"{tag}-step{step:07d}.json", json.dumps(results, indent=2) + "\n")
+            em = {k: round(v["exact_match"], 3) for k, v in results["conditions"].items()}
+            log.info("step %d eval on %s (n=%d): exact match %s", step, name, results["n"], em)
+            out[name] = results
+        return out
+
+    def evaluate(self, trainer: L.Trainer, module: L.LightningModule) -> dict | None:
+        dm = trainer.datamodule
+        self.evaluate_files(trainer, module)
+        examples = dm.val_raw()[: self.limit]
+        if not examples or dm.dataset not in ("facts", "passages"):
+            self._last_step = trainer.global_step
+            return None
+        results, rows = self._run(trainer, module, examples)
         step = trainer.global_step
         for name, c in results["conditions"].items():
             for metric in ("exact_match", "f1", "answer_nll"):
