@@ -81,7 +81,7 @@ def plan_run(
             "step_seconds": round(time["seconds"], 4),
             "bound": time["bound"],
             "tokens_per_second": round(est.tokens_per_step / time["seconds"], 1),
-            "hours": round(hours, 3),
+            "hours": round(hours, 6),
             "cost": [{**p, "cost": round(hours * p["per_hour"], 3),
                       "cost_range": [round(hours * p["low"], 3), round(hours * p["high"], 3)]} for p in prices(gpu)],
         }
@@ -235,16 +235,19 @@ def compare(result: dict[str, Any], config: str, steps: int, device: str, effici
         spec = hardware()["gpus"][key] if key else hardware()["gpus"]["h100-sxm"]
         predicted = step_seconds(est, spec, efficiency)
     got = measure(resolve_config(config).as_posix(), steps, device)
-    ratio = got["median_step_seconds"] / predicted["seconds"]
+    # the measured step starts when the batch reaches the device: the host's tokenizing is not in it
+    device_seconds = predicted["seconds"] - predicted["host_s"]
+    ratio = got["median_step_seconds"] / device_seconds
     out = {
         **got,
         "peak_gib": got["peak_bytes"] / 2**30,
         "predicted_bytes": est.total,
         "predicted_gib": est.total / 2**30,
         "memory_error": (est.total - got["peak_bytes"]) / got["peak_bytes"],
-        "predicted_step_seconds": predicted["seconds"],
+        "predicted_step_seconds": device_seconds,
+        "predicted_host_seconds": predicted["host_s"],
         "time_ratio_measured_over_predicted": ratio,
-        "corrected_hours": run_hours(est, got["median_step_seconds"]),
+        "corrected_hours": run_hours(est, got["median_step_seconds"] + predicted["host_s"]),
         "device_spec": spec,
     }
     if device == "cuda":

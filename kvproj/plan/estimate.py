@@ -327,8 +327,11 @@ def step_seconds(est: Estimate, spec: dict[str, Any], efficiency: float | None =
     compute = est.flops / (peak_tflops(spec, est.compute_dtype) * 1e12 * eff)
     memory = est.traffic / (spec["bandwidth_gbs"] * 1e9 * a["bandwidth_efficiency"])
     launches = est.kernels * a["kernel_overhead_us"] * 1e-6
-    return {"seconds": max(compute, memory) + launches, "compute_s": compute, "memory_s": memory,
-            "launch_s": launches, "bound": "compute" if compute >= memory else "memory"}
+    # the DataLoader tokenizes and aligns in the main process (data.num_workers 0): serial with the step
+    workers = int(est.settings.data.get("num_workers", 0))
+    host = 0.0 if workers else est.settings.batch_size * est.lengths.encode_seconds * max(1, est.settings.accumulate_grad_batches)
+    return {"seconds": max(compute, memory) + launches + host, "compute_s": compute, "memory_s": memory,
+            "launch_s": launches, "host_s": host, "bound": "compute" if compute >= memory else "memory"}
 
 
 def run_hours(est: Estimate, seconds: float) -> float:

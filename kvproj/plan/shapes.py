@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from kvproj.models import DTYPES, QUANTIZATIONS, TINY_PREFIX, ModelSpec
 
 HERE = Path(__file__).resolve().parent
 CHARS_PER_TOKEN = 4.0  # English BPE text, used only when a tokenizer is not available offline
+ENCODE_SECONDS = 0.002  # host seconds per example to tokenize + align when the tokenizers are not here to time
 NF4_BLOCK = 64  # bitsandbytes 4-bit: one float32 absmax per 64 weights (bnb_4bit_use_double_quant false)
 
 
@@ -259,6 +261,7 @@ class Lengths:
     continuation_mean: float
     answer_mean: float
     exact: bool  # tokenized with the models' own tokenizers (else characters / CHARS_PER_TOKEN)
+    encode_seconds: float  # host seconds to tokenize and align one example here (measured; estimated if not exact)
     examples: int
     how: str
 
@@ -275,6 +278,7 @@ class Lengths:
             self.continuation_mean,
             self.answer_mean,
             self.exact,
+            self.encode_seconds,
             self.examples,
             self.how + f"; context scaled to {context_tokens} tokens",
         )
@@ -340,17 +344,19 @@ def sequence_lengths(
     if not examples:  # a text corpus: context = a share of each text, up to max_context_tokens
         ctx = max_ctx
         cont = max(1, round(ctx * (1 - data.get("lm_context_fraction", 0.5)) / data.get("lm_context_fraction", 0.5)))
-        return Lengths(ctx + 1, ctx + 1, cont, cont * batch, ctx + 1, ctx + 1, cont, cont, False, 0,
+        return Lengths(ctx + 1, ctx + 1, cont, cont * batch, ctx + 1, ctx + 1, cont, cont, False, ENCODE_SECONDS, 0,
                        "dataset text: context = data.max_context_tokens, continuation by lm_context_fraction")
     toks = [_tokenizer(source), _tokenizer(target)]
     rows: list[tuple[int, int, int, int]] = []
     if all(t is not None for t in toks):
         formats = [SideFormat.build(t, chat_template, question_template) for t in toks]
+        started = time.perf_counter()
         for e in examples:
             enc = encode_example(e, toks[0], toks[1], formats[0], formats[1], answer_template=answer_template,
                                  max_context_tokens=max_ctx)
             answer = sum(1 for x in enc.labels if x != -100)
             rows.append((len(enc.source_ids), len(enc.target_prefix_ids), len(enc.continuation_ids), answer))
+        encode = (time.perf_counter() - started) / len(examples)
         exact, how = True, "tokenized with both models' tokenizers"
     else:
         before, after = question_template.split("{question}")
@@ -359,8 +365,9 @@ def sequence_lengths(
             answer = math.ceil(len(answer_template.format(answer=e["answer"])) / CHARS_PER_TOKEN)
             question = math.ceil(len(before + e["question"] + after) / CHARS_PER_TOKEN)
             rows.append((ctx + 1, ctx + 1, question + answer, answer))
+        encode = ENCODE_SECONDS
         exact, how = False, f"{CHARS_PER_TOKEN:g} characters per token (a tokenizer is not available offline)"
     chunks = [rows[i : i + batch] for i in range(0, len(rows), batch)]
     peak = [max(max(r[k] for r in c) for c in chunks) for k in range(3)] + [max(sum(r[3] for r in c) for c in chunks)]
     mean = [sum(r[k] for r in rows) / len(rows) for k in range(4)]
-    return Lengths(*peak, *mean, exact, len(rows), how + f", first {len(rows)} training examples")
+    return Lengths(*peak, *mean, exact, encode, len(rows), how + f", first {len(rows)} training examples")

@@ -117,6 +117,13 @@ def spot_plan(est: Estimate, seconds: float, hours: float, on_demand: float, spo
 
 
 # ------------------------------------------------------------------------------------------------ study
+def _flatten(runs: list[Any]) -> list[Any]:
+    out: list[Any] = []
+    for run in runs:
+        out.extend(_flatten(run) if isinstance(run, list) else [run])
+    return out
+
+
 def read_study(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     with open(path) as f:
@@ -125,7 +132,10 @@ def read_study(path: str | Path) -> dict[str, Any]:
     if not isinstance(tiers, list) or not tiers:
         raise ValueError(f"--study {path}: needs a list `tiers:` (each with a name and runs)")
     for tier in tiers:
-        for run in tier.get("runs") or []:
+        tier["runs"] = _flatten(tier.get("runs") or [])  # lists of runs may be YAML anchors of lists
+        for run in tier["runs"]:
+            if not isinstance(run, dict):
+                raise ValueError(f"--study {path}: tier {tier.get('name')!r}: a run must be a mapping, got {run!r}")
             unknown = set(run) - RUN_KEYS
             if unknown:
                 raise ValueError(
@@ -210,6 +220,8 @@ def plan_study(study: dict[str, Any], resolve_config, efficiency: float | None =
                         option["spot_cost"] = None if sp["expected_cost"] is None else round(units * sp["expected_cost"], 4)
                         option["spot"] = sp
                     row["options"].append(option)
+            if est is not None and ("hours" in run or "gpu" in run or "rate" in run):
+                row["planned_cheapest"] = _planned_cheapest(est, units, efficiency)
             fitting = [o for o in row["options"] if o["fits"]]
             if not fitting:
                 row["chosen"] = None
@@ -220,11 +232,29 @@ def plan_study(study: dict[str, Any], resolve_config, efficiency: float | None =
         cap = tier.get("cap")
         tiers_out.append({"name": tier.get("name"), "cap": cap, "total": round(total, 4), "runs": rows,
                           "within_cap": None if cap is None else total <= float(cap) + 1e-9})
-        grand += total
+        grand = max(grand, total) if study.get("alternatives") else grand + total
     cap = study.get("budget_cap")
     return {"tiers": tiers_out, "total": round(grand, 4), "budget_cap": cap,
+            "total_is": "the largest tier (tiers are alternative budgets)" if study.get("alternatives") else "the sum of the tiers",
             "within_budget": None if cap is None else grand <= float(cap) + 1e-9,
             "prices": {p: {"date": str(v["date"]), "source": v["source"]} for p, v in hardware()["providers"].items()}}
+
+
+def _planned_cheapest(est: Estimate, units: int, efficiency: float | None) -> dict[str, Any] | None:
+    """The cheapest priced (provider, GPU) that fits the run, at plan's estimated hours (not the stated ones)."""
+    best = None
+    for gpu, spec in hardware()["gpus"].items():
+        if not fits(est, gpu)["fits"]:
+            continue
+        hours = run_hours(est, step_seconds(est, spec, efficiency)["seconds"])
+        for offer in prices(gpu):
+            if offer["per_hour"] <= 0:
+                continue  # an owned card: no hourly price to compare
+            cost = units * hours * offer["per_hour"]
+            if best is None or cost < best["cost"]:
+                best = {"gpu": gpu, "provider": offer["provider"], "rate": offer["per_hour"],
+                        "hours_per_run": round(hours, 4), "cost": round(cost, 4)}
+    return best
 
 
 def study_markdown(result: dict[str, Any]) -> str:
@@ -234,8 +264,9 @@ def study_markdown(result: dict[str, Any]) -> str:
         cap = f" (cap ${tier['cap']})" if tier["cap"] is not None else ""
         lines += [f"### {tier['name']}{cap}: ${tier['total']:.2f}" + (" - over the cap" if tier["within_cap"] is False else ""), ""]
         columns = sorted({(o["provider"], o["gpu"]) for r in tier["runs"] for o in r["options"]})
-        lines.append("| run | runs | cheapest that fits | hours/run | cost | " + " | ".join(f"{p} {g}" for p, g in columns) + " |")
-        lines.append("|" + " --- |" * (5 + len(columns)))
+        lines.append("| run | runs | cheapest that fits | hours/run | cost | " + " | ".join(f"{p} {g}" for p, g in columns)
+                     + " | planned cheapest (estimated hours) |")
+        lines.append("|" + " --- |" * (6 + len(columns)))
         for r in tier["runs"]:
             c = r["chosen"]
             chosen = f"{c['provider']} {c['gpu']} ${c['rate']:.2f}/h" if c else "nothing fits"
@@ -245,11 +276,15 @@ def study_markdown(result: dict[str, Any]) -> str:
                 cells.append("" if o is None else ("does not fit" if not o["fits"] else f"${o['cost']:.2f}"))
             hours = f"{c['hours_per_run']:.2f}" if c else ""
             cost = f"${c['cost']:.2f}" if c else ""
-            lines.append(f"| {r['name']} | {r['units']} | {chosen} | {hours} | {cost} | " + " | ".join(cells) + " |")
+            p = r.get("planned_cheapest")
+            planned = f"{p['provider']} {p['gpu']}: {p['hours_per_run']:.2f} h, ${p['cost']:.2f}" if p else ""
+            lines.append(f"| {r['name']} | {r['units']} | {chosen} | {hours} | {cost} | " + " | ".join(cells)
+                         + f" | {planned} |")
         lines.append("")
     if result["budget_cap"] is not None:
         verdict = "within" if result["within_budget"] else "OVER"
-        lines.append(f"**Total ${result['total']:.2f} against the ${result['budget_cap']} cap: {verdict}.**")
+        lines.append(f"**Total ({result['total_is']}) ${result['total']:.2f} against the ${result['budget_cap']} cap: "
+                     f"{verdict}.**")
     else:
         lines.append(f"**Total ${result['total']:.2f}.**")
     dates = ", ".join(f"{p} {v['date']}" for p, v in result["prices"].items())
