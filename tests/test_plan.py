@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 
 import pytest
@@ -18,6 +19,23 @@ from kvproj.plan.shapes import Lengths, architectures, model_shape
 from kvproj.plan.study import best_interval, plan_study, read_study, spot_hours
 
 CONFIGS = sorted(p.stem for p in PACKAGED_CONFIGS.glob("*.yaml"))
+
+
+@pytest.fixture
+def cli(capsys):
+    """`python -m kvproj ARGS` in-process: (exit status, stdout, stderr); restores the kvproj logger after (main()
+    gives it a handler on the captured stderr)."""
+    logger = logging.getLogger("kvproj")
+    saved = list(logger.handlers), logger.level, logger.propagate
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        code = main(list(argv))
+        out, err = capsys.readouterr()
+        return code, out, " ".join(err.split())
+
+    yield run
+    logger.handlers[:], logger.propagate = saved[0], saved[2]
+    logger.setLevel(saved[1])
 
 
 def tensor_bytes(tensors) -> int:
@@ -117,9 +135,10 @@ def test_cache_bytes_equal_torch(smoke):
 
 
 @pytest.mark.parametrize("name", CONFIGS)
-def test_plan_json_offline_on_every_config(name, capsys):
-    assert main(["plan", "--config", name, "--json", "--gpu", "gtx-1660-super", "rtx-3090", "a100-80gb"]) == 0
-    result = json.loads(capsys.readouterr().out)
+def test_plan_json_offline_on_every_config(name, cli):
+    code, out, _ = cli("plan", "--config", name, "--json", "--gpu", "gtx-1660-super", "rtx-3090", "a100-80gb")
+    assert code == 0
+    result = json.loads(out)
     terms = result["memory"]["terms"]
     assert result["memory"]["total_bytes"] == sum(t["bytes"] for t in terms.values())
     assert all(t["bytes"] >= 0 for t in terms.values())
@@ -145,8 +164,11 @@ def test_mistral_7b_in_bf16_never_fits_6gb():
             assert not fits(est, "gtx-1660-super")["fits"]
             assert est.terms["target_weights"] > 13 * GIB  # 7.24B parameters x 2 bytes
     suggestions = plan_suggestions("gtx-1660-super", **{"target.quantization": None})
-    bf16 = [s for s in suggestions if "target.quantization" not in s["change"] and "4bit" not in s["change"]
-            and "8bit" not in s["change"]]
+    bf16 = [
+        s
+        for s in suggestions
+        if "target.quantization" not in s["change"] and "4bit" not in s["change"] and "8bit" not in s["change"]
+    ]
     assert bf16 and not any(s["fits"] for s in bf16)
 
 
@@ -167,8 +189,10 @@ def test_llama_1b_to_mistral_7b_on_24gb_by_target_loading():
     bf16 = _mistral(**{"target.quantization": None})
     assert 17 * GIB < bf16.total < 22 * GIB
     four = _mistral()
-    assert four.terms["target_weights"] < _mistral(**{"target.quantization": "8bit"}).terms["target_weights"] < (
-        bf16.terms["target_weights"]
+    assert (
+        four.terms["target_weights"]
+        < _mistral(**{"target.quantization": "8bit"}).terms["target_weights"]
+        < (bf16.terms["target_weights"])
     )
 
 
@@ -205,7 +229,9 @@ def resolve_study():
 
 def test_study_picks_the_cheapest_fitting_option(tmp_path):
     study = tmp_path / "s.yaml"
-    study.write_text("tiers:\n  - name: t\n    runs:\n      - {config: llama3.2-1b-mistral-7b-4bit, repeats: 2, hours: 1}\n")
+    study.write_text(
+        "tiers:\n  - name: t\n    runs:\n      - {config: llama3.2-1b-mistral-7b-4bit, repeats: 2, hours: 1}\n"
+    )
     result = plan_study(read_study(study), resolve_config)
     run = result["tiers"][0]["runs"][0]
     fitting = [o for o in run["options"] if o["fits"]]
@@ -228,10 +254,12 @@ def test_spot_math():
         assert best <= spot_hours(100, other, 0.001, 0.05, 0.05)
 
 
-def test_bad_input_names_the_setting_the_value_and_the_choices(tmp_path):
+def test_bad_input_names_the_setting_the_value_and_the_choices(tmp_path, cli):
     with pytest.raises(ValueError, match=r"--gpu 'rtx-9090': unknown GPU; valid: gtx-1660-super, rtx-3090"):
         plan(config="smoke", gpu=["rtx-9090"])
-    with pytest.raises(FileNotFoundError, match=r"--config nope: no such file, and no shipped one of that name \(.*default.*smoke"):
+    with pytest.raises(
+        FileNotFoundError, match=r"--config nope: no such file, and no shipped one of that name \(.*default.*smoke"
+    ):
         plan(config="nope")
     with pytest.raises(FileNotFoundError, match=r"--study nope: no such file.*proposal"):
         plan(study="nope")
@@ -241,8 +269,10 @@ def test_bad_input_names_the_setting_the_value_and_the_choices(tmp_path):
     bad.write_text("pair:\n  source: {name: org/unknown-model}\n")
     with pytest.raises(ValueError, match=r"model name 'org/unknown-model'.*architectures.yaml"):
         plan(config=str(bad), gpu=["rtx-3090"])
-    assert main(["plan", "--config", "smoke", "--gpu", "rtx-9090"]) == 2
-    assert main(["plan", "--config", "nope"]) == 2
+    code, _, err = cli("plan", "--config", "smoke", "--gpu", "rtx-9090")
+    assert code == 2 and "--gpu 'rtx-9090': unknown GPU; valid:" in err
+    code, _, err = cli("plan", "--config", "nope")
+    assert code == 2 and "--config nope: no such file" in err
 
 
 def test_settings_replace_is_a_copy():

@@ -52,10 +52,21 @@ def plan_run(
     out: dict[str, Any] = {
         "config": settings.config,
         "run": settings.name,
-        "source": {**est.source.summary(), "dtype": settings.source.dtype, "quantization": settings.source.quantization},
-        "target": {**est.target.summary(), "dtype": settings.target.dtype, "quantization": settings.target.quantization},
-        "projector": {"architecture": est.projector.architecture, "parameters": est.projector.parameters,
-                      "mode": settings.mode},
+        "source": {
+            **est.source.summary(),
+            "dtype": settings.source.dtype,
+            "quantization": settings.source.quantization,
+        },
+        "target": {
+            **est.target.summary(),
+            "dtype": settings.target.dtype,
+            "quantization": settings.target.quantization,
+        },
+        "projector": {
+            "architecture": est.projector.architecture,
+            "parameters": est.projector.parameters,
+            "mode": settings.mode,
+        },
         "batch_size": settings.batch_size,
         "precision": settings.precision,
         "compute_dtype": est.compute_dtype,
@@ -66,8 +77,12 @@ def plan_run(
             "total_bytes": est.total,
             "terms": {k: {"bytes": v, "gib": _gib(v), "what": est.notes[k]} for k, v in est.terms.items()},
         },
-        "step": {"flops": est.flops, "traffic_bytes": est.traffic, "kernels": est.kernels,
-                 "tokens": round(est.tokens_per_step, 1)},
+        "step": {
+            "flops": est.flops,
+            "traffic_bytes": est.traffic,
+            "kernels": est.kernels,
+            "tokens": round(est.tokens_per_step, 1),
+        },
         "max_steps": settings.max_steps,
         "assumptions": hw["assumptions"],
         "gpus": {},
@@ -82,12 +97,21 @@ def plan_run(
             "bound": time["bound"],
             "tokens_per_second": round(est.tokens_per_step / time["seconds"], 1),
             "hours": round(hours, 6),
-            "cost": [{**p, "cost": round(hours * p["per_hour"], 3),
-                      "cost_range": [round(hours * p["low"], 3), round(hours * p["high"], 3)]} for p in prices(gpu)],
+            "cost": [
+                {
+                    **p,
+                    "cost": round(hours * p["per_hour"], 3),
+                    "cost_range": [round(hours * p["low"], 3), round(hours * p["high"], 3)],
+                }
+                for p in prices(gpu)
+            ],
         }
         if spot is not None:
-            entry["spot"] = [spot_plan(est, time["seconds"], hours, p["per_hour"], spot)
-                             for p in prices(gpu) if p["per_hour"] > 0]
+            entry["spot"] = [
+                spot_plan(est, time["seconds"], hours, p["per_hour"], spot)
+                for p in prices(gpu)
+                if p["per_hour"] > 0
+            ]
         if suggest and not entry["fits"]:
             from kvproj.plan.estimate import suggestions
 
@@ -111,13 +135,18 @@ def render(result: dict[str, Any]) -> str:
     for name, t in m["terms"].items():
         lines.append(f"  {name:24s} {t['gib'] * 1024:9.1f} MiB  {t['what']}")
     if result["gpus"]:
-        lines.append("GPU (usable GiB)        fits  need GiB  headroom  s/step  tokens/s  hours  cost per provider")
+        lines.append(
+            "GPU (usable GiB)        fits  need GiB  headroom  s/step  tokens/s  hours  cost per provider"
+        )
     for gpu, g in result["gpus"].items():
-        costs = ", ".join(
-            f"{c['provider']} ${c['cost']:.2f}"
-            + (f" (${c['cost_range'][0]:.2f}-{c['cost_range'][1]:.2f})" if c["low"] != c["high"] else "")
-            for c in g["cost"]
-        ) or "no price"
+        costs = (
+            ", ".join(
+                f"{c['provider']} ${c['cost']:.2f}"
+                + (f" (${c['cost_range'][0]:.2f}-{c['cost_range'][1]:.2f})" if c["low"] != c["high"] else "")
+                for c in g["cost"]
+            )
+            or "no price"
+        )
         lines.append(
             f"  {gpu:14s} {g['usable_gib']:6.1f}  {'yes' if g['fits'] else 'NO ':4s} {g['need_gib']:8.2f} "
             f"{g['headroom_gib']:9.2f} {g['step_seconds']:7.3f} {g['tokens_per_second']:9.0f} {g['hours']:6.2f}  {costs}"
@@ -130,7 +159,9 @@ def render(result: dict[str, Any]) -> str:
             )
         for s in g.get("would_fit", []):
             if s["fits"]:
-                lines.append(f"      would fit: {s['change']}: {s['total_gib']:.2f} GiB, headroom {s['headroom_gib']:.2f} GiB")
+                lines.append(
+                    f"      would fit: {s['change']}: {s['total_gib']:.2f} GiB, headroom {s['headroom_gib']:.2f} GiB"
+                )
     a = result["assumptions"]
     lines.append(
         f"time at {a['compute_efficiency']:.0%} of peak FLOP/s and {a['bandwidth_efficiency']:.0%} of bandwidth, "
@@ -214,7 +245,9 @@ def plan(
     return 0
 
 
-def compare(result: dict[str, Any], config: str, steps: int, device: str, efficiency: float | None) -> dict[str, Any]:
+def compare(
+    result: dict[str, Any], config: str, steps: int, device: str, efficiency: float | None
+) -> dict[str, Any]:
     """Measure `steps` steps and set them against the estimate; the measured step time replaces the predicted one
     for this device, and on CUDA its ratio corrects every GPU's time estimate."""
     from kvproj.plan.estimate import estimate, read_settings, run_hours, step_seconds
@@ -256,6 +289,8 @@ def compare(result: dict[str, Any], config: str, steps: int, device: str, effici
             g["corrected_hours"] = round(g["hours"] * ratio, 3)
         out["correction"] = "every GPU's step time scaled by the measured / predicted ratio on this GPU"
     else:
-        out["correction"] = "corrected_hours: this CPU at the measured step time; GPU estimates are not corrected by a CPU run"
+        out["correction"] = (
+            "corrected_hours: this CPU at the measured step time; GPU estimates are not corrected by a CPU run"
+        )
     log.info("measured %s", {k: out[k] for k in ("peak_gib", "predicted_gib", "median_step_seconds")})
     return out

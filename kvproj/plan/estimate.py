@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,15 @@ from typing import Any
 import yaml
 
 from kvproj.models import DTYPES, ModelSpec
-from kvproj.plan.shapes import HERE, Lengths, ModelShape, ProjectorShape, model_shape, projector_shape, sequence_lengths
+from kvproj.plan.shapes import (
+    HERE,
+    Lengths,
+    ModelShape,
+    ProjectorShape,
+    model_shape,
+    projector_shape,
+    sequence_lengths,
+)
 
 GIB = 2**30
 MIXED = {"bf16-mixed": "bfloat16", "16-mixed": "float16", "bf16": "bfloat16", "16": "float16"}
@@ -218,17 +225,33 @@ def estimate(
         terms[name] = int(value)
         notes[name] = note
 
-    add("source_weights", src.weight_bytes(s.source.dtype, s.source.quantization),
-        f"{src.parameters:,} parameters, {s.source.dtype}" + (f", {s.source.quantization}" if s.source.quantization else ""))
-    add("target_weights", tgt.weight_bytes(s.target.dtype, s.target.quantization),
-        f"{tgt.parameters:,} parameters, {s.target.dtype}" + (f", {s.target.quantization}" if s.target.quantization else ""))
+    add(
+        "source_weights",
+        src.weight_bytes(s.source.dtype, s.source.quantization),
+        f"{src.parameters:,} parameters, {s.source.dtype}"
+        + (f", {s.source.quantization}" if s.source.quantization else ""),
+    )
+    add(
+        "target_weights",
+        tgt.weight_bytes(s.target.dtype, s.target.quantization),
+        f"{tgt.parameters:,} parameters, {s.target.dtype}"
+        + (f", {s.target.quantization}" if s.target.quantization else ""),
+    )
     add("projector_parameters", proj.bytes, f"{proj.parameters:,} float32 ({proj.architecture})")
     add("projector_gradients", proj.bytes, "float32, one per parameter")
-    add("optimizer_state", 2 * proj.bytes + 4 * proj.tensors, "AdamW exp_avg + exp_avg_sq (float32) + a step scalar per tensor")
+    add(
+        "optimizer_state",
+        2 * proj.bytes + 4 * proj.tensors,
+        "AdamW exp_avg + exp_avg_sq (float32) + a step scalar per tensor",
+    )
     src_cache = 2 * src.num_layers * B * Ts * Ws * sb
     add("source_cache", src_cache, f"keys + values, {src.num_layers} layers x {B} x {Ts} tokens x {Ws}")
     fallback = 2 * Lt * B * Tp * Wt * tb
-    add("target_head_cache", fallback, "the target's own head (BOS) broadcast to the prefix: keys + values, every layer")
+    add(
+        "target_head_cache",
+        fallback,
+        "the target's own head (BOS) broadcast to the prefix: keys + values, every layer",
+    )
     projected = 2 * Lt * B * Tp * Wt * pb
     add("projected_cache", projected, f"keys + values, {Lt} layers x {B} x {Tp} tokens x {Wt}")
     # the projector's saved inputs (to_tokens copies of the gathered source keys/values, per target layer), the
@@ -244,10 +267,22 @@ def estimate(
         saved += Lt * B * Tp * Wt * max(pb, 4)
     if pb != tb:
         saved += projected * tb // pb
-    add("projector_activations", saved, "what the projector saves for its backward (inputs, keys before the key norm)")
-    add("cache_gradients", projected, "gradients of the projected cache, all layers (the projector's backward runs last)")
+    add(
+        "projector_activations",
+        saved,
+        "what the projector saves for its backward (inputs, keys before the key norm)",
+    )
+    add(
+        "cache_gradients",
+        projected,
+        "gradients of the projected cache, all layers (the projector's backward runs last)",
+    )
     kv_len = Tp + Tc
-    add("target_kv", 2 * Lt * B * kv_len * Wt * tb, f"the target's keys + values of prefix + continuation ({kv_len} tokens), saved by attention")
+    add(
+        "target_kv",
+        2 * Lt * B * kv_len * Wt * tb,
+        f"the target's keys + values of prefix + continuation ({kv_len} tokens), saved by attention",
+    )
     n = B * Tc
     h, i, a, d, g = tgt.hidden, tgt.intermediate, tgt.heads, tgt.head_dim, tgt.kv_heads
     norms = 4 if tgt.family.startswith("gemma") else 2
@@ -261,13 +296,23 @@ def estimate(
     )
     if device == "cpu":  # no fused attention with a mask on CPU: the probabilities are saved
         per_token += a * kv_len * tb
-    add("target_activations", Lt * n * per_token + n * h * 4,
-        f"saved for the backward through {Lt} frozen layers, {B} x {Tc} continuation tokens")
+    add(
+        "target_activations",
+        Lt * n * per_token + n * h * 4,
+        f"saved for the backward through {Lt} frozen layers, {B} x {Tc} continuation tokens",
+    )
     vocab = tgt.vocab
-    add("logits", m * vocab * (tb + (4 if tb != 4 else 0) + 4 + 4),
-        f"{m} scored positions x {vocab} vocabulary: logits, float32 log-softmax, its gradient")
+    add(
+        "logits",
+        m * vocab * (tb + (4 if tb != 4 else 0) + 4 + 4),
+        f"{m} scored positions x {vocab} vocabulary: logits, float32 log-softmax, its gradient",
+    )
     if s.kl_weight > 0 or s.reconstruction_weight > 0 or s.mode == "fuse":
-        add("target_cache", 2 * Lt * B * Tp * Wt * tb, "the target's own cache of the prefix (KL, reconstruction, fuse)")
+        add(
+            "target_cache",
+            2 * Lt * B * Tp * Wt * tb,
+            "the target's own cache of the prefix (KL, reconstruction, fuse)",
+        )
         if s.kl_weight > 0:
             terms["logits"] *= 2
     if s.gradient_checkpointing:  # what-if: each target layer keeps its input, one layer is recomputed at a time
@@ -279,15 +324,23 @@ def estimate(
     rows_s, rows_p = B * L.source_mean, B * L.prefix_mean
     cont = B * L.continuation_mean
     scored = B * L.answer_mean
-    flops_src = 2 * src.matmul_parameters * rows_s + 4 * src.num_layers * rows_s * L.source_mean * src.heads * src.head_dim
+    flops_src = (
+        2 * src.matmul_parameters * rows_s + 4 * src.num_layers * rows_s * L.source_mean * src.heads * src.head_dim
+    )
     attn_t = 4 * Lt * cont * (L.prefix_mean + L.continuation_mean) * a * d
     flops_tgt = 2 * (2 * tgt.matmul_parameters * cont) + 3 * attn_t  # forward + backward (input gradients only)
     flops_head = 2 * 2 * h * vocab * scored
     flops_proj = 3 * 2 * proj.parameters * rows_p
     flops = flops_src + flops_tgt + flops_head + flops_proj
     traffic = (
-        terms["source_weights"] + 2 * terms["target_weights"] + 9 * proj.bytes
-        + 2 * sum(terms[k] for k in ("projector_activations", "target_kv", "target_activations", "logits", "source_cache"))
+        terms["source_weights"]
+        + 2 * terms["target_weights"]
+        + 9 * proj.bytes
+        + 2
+        * sum(
+            terms[k]
+            for k in ("projector_activations", "target_kv", "target_activations", "logits", "source_cache")
+        )
         + 2 * terms["projected_cache"]
     )
     if "target_cache" in terms:
@@ -297,8 +350,20 @@ def estimate(
     acc = max(1, s.accumulate_grad_batches)
     tokens = B * (L.source_mean + L.prefix_mean + L.continuation_mean)
     return Estimate(
-        s, src, tgt, proj, L, terms, notes, flops * acc, traffic * acc, kernels * acc, compute_dtype(s), tokens * acc,
-        device, {"source_layers_read": used},
+        s,
+        src,
+        tgt,
+        proj,
+        L,
+        terms,
+        notes,
+        flops * acc,
+        traffic * acc,
+        kernels * acc,
+        compute_dtype(s),
+        tokens * acc,
+        device,
+        {"source_layers_read": used},
     )
 
 
@@ -310,8 +375,12 @@ def fits(est: Estimate, gpu: str) -> dict[str, Any]:
     spec, a = hw["gpus"][gpu], hw["assumptions"]
     need = est.total * (1 + a["allocator_margin"]) + a["cuda_context_gib"] * GIB
     have = spec["usable_gib"] * GIB
-    return {"fits": need <= have, "need_gib": round(need / GIB, 2), "usable_gib": spec["usable_gib"],
-            "headroom_gib": round((have - need) / GIB, 2)}
+    return {
+        "fits": need <= have,
+        "need_gib": round(need / GIB, 2),
+        "usable_gib": spec["usable_gib"],
+        "headroom_gib": round((have - need) / GIB, 2),
+    }
 
 
 def peak_tflops(spec: dict[str, Any], dtype: str) -> float:
@@ -329,9 +398,19 @@ def step_seconds(est: Estimate, spec: dict[str, Any], efficiency: float | None =
     launches = est.kernels * a["kernel_overhead_us"] * 1e-6
     # the DataLoader tokenizes and aligns in the main process (data.num_workers 0): serial with the step
     workers = int(est.settings.data.get("num_workers", 0))
-    host = 0.0 if workers else est.settings.batch_size * est.lengths.encode_seconds * max(1, est.settings.accumulate_grad_batches)
-    return {"seconds": max(compute, memory) + launches + host, "compute_s": compute, "memory_s": memory,
-            "launch_s": launches, "host_s": host, "bound": "compute" if compute >= memory else "memory"}
+    host = (
+        0.0
+        if workers
+        else est.settings.batch_size * est.lengths.encode_seconds * max(1, est.settings.accumulate_grad_batches)
+    )
+    return {
+        "seconds": max(compute, memory) + launches + host,
+        "compute_s": compute,
+        "memory_s": memory,
+        "launch_s": launches,
+        "host_s": host,
+        "bound": "compute" if compute >= memory else "memory",
+    }
 
 
 def run_hours(est: Estimate, seconds: float) -> float:
@@ -351,7 +430,9 @@ def prices(gpu: str) -> list[dict[str, Any]]:
             continue
         price = p["prices"][gpu]
         low, high = (price, price) if not isinstance(price, list) else price
-        out.append({"provider": provider, "per_hour": (low + high) / 2, "low": low, "high": high, "date": str(p["date"])})
+        out.append(
+            {"provider": provider, "per_hour": (low + high) / 2, "low": low, "high": high, "date": str(p["date"])}
+        )
     return out
 
 
@@ -366,32 +447,48 @@ def suggestions(settings: RunSettings, gpu: str, device: str = "cuda") -> list[d
                 options.append((f"pair.{side}.quantization: {q}", {f"{side}.quantization": q}))
         if spec.dtype == "float32" and spec.quantization is None:
             options.append((f"pair.{side}.dtype: bfloat16", {f"{side}.dtype": "bfloat16"}))
-    options.append(("pair.source.quantization + pair.target.quantization: 4bit",
-                    {"source.quantization": "4bit", "target.quantization": "4bit"}))
+    options.append(
+        (
+            "pair.source.quantization + pair.target.quantization: 4bit",
+            {"source.quantization": "4bit", "target.quantization": "4bit"},
+        )
+    )
     b = s.batch_size
     while b > 1:
         b //= 2
         acc = s.accumulate_grad_batches * s.batch_size // b
-        options.append((f"data.batch_size: {b} + trainer.accumulate_grad_batches: {acc}",
-                        {"data.batch_size": b, "accumulate_grad_batches": acc}))
+        options.append(
+            (
+                f"data.batch_size: {b} + trainer.accumulate_grad_batches: {acc}",
+                {"data.batch_size": b, "accumulate_grad_batches": acc},
+            )
+        )
     c = s.max_context_tokens
     for _ in range(2):
         c //= 2
         options.append((f"data.max_context_tokens: {c}", {"data.max_context_tokens": c, "_context": c}))
-    options.append(("gradient checkpointing of the frozen target (not a kvproj setting yet)",
-                    {"gradient_checkpointing": True}))
+    options.append(
+        (
+            "gradient checkpointing of the frozen target (not a kvproj setting yet)",
+            {"gradient_checkpointing": True},
+        )
+    )
     base_shapes: dict[str, ModelShape] = {}
     lengths = None
     out = []
     for label, change in options:
         context = change.pop("_context", None)
         new = s.replace(**change)
-        shapes = tuple(base_shapes.setdefault(side, model_shape(getattr(new, side))) for side in ("source", "target"))
+        shapes = tuple(
+            base_shapes.setdefault(side, model_shape(getattr(new, side))) for side in ("source", "target")
+        )
         if lengths is None:
             lengths = sequence_lengths(s.source, s.target, s.data, s.chat_template, s.question_template)
         lens = lengths
         if new.batch_size != s.batch_size:
-            lens = dataclasses.replace(lengths, scored_max=max(1, round(lengths.scored_max * new.batch_size / s.batch_size)))
+            lens = dataclasses.replace(
+                lengths, scored_max=max(1, round(lengths.scored_max * new.batch_size / s.batch_size))
+            )
         if context is not None:
             lens = lengths.scaled(context)
         est = estimate(new, device, lens, shapes)

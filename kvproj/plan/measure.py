@@ -59,13 +59,29 @@ def calibrate_cpu(seconds: float = 1.0) -> dict[str, float]:
         y.copy_(x)
         n += 1
     bandwidth = n * 2 * x.numel() * 4 / (time.perf_counter() - start)
-    return {"fp32_tflops": flops / 1e12, "bf16_tflops": None, "fp16_tflops": None, "bandwidth_gbs": bandwidth / 1e9,
-            "name": f"this CPU ({torch.get_num_threads()} threads, calibrated)"}
+    return {
+        "fp32_tflops": flops / 1e12,
+        "bf16_tflops": None,
+        "fp16_tflops": None,
+        "bandwidth_gbs": bandwidth / 1e9,
+        "name": f"this CPU ({torch.get_num_threads()} threads, calibrated)",
+    }
 
 
-def measure(config: str, steps: int, device: str) -> dict[str, Any]:
-    """Train `steps` steps of `config` on `device` ("cpu" or "cuda") in a temporary folder; return the peak
-    memory and step times. Ridge initialisation and validation are off (they run before / between steps)."""
+def _trim() -> None:
+    """Free what Python and the C allocator hold unused, so that a later RSS baseline is not inflated."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _train(config: str, steps: int, device: str) -> dict[str, Any]:
+    """One in-process training run of `steps` steps: step times and (CPU) resident-set readings."""
     import lightning as L
 
     from kvproj.training import KVProjCLI
@@ -79,8 +95,6 @@ def measure(config: str, steps: int, device: str) -> dict[str, Any]:
             times.append(time.perf_counter() - batch["step_started"])
 
     if device == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("--device cuda: CUDA is not available here; use --device cpu")
         torch.cuda.reset_peak_memory_stats()
     rss_before = _status_kib("VmRSS")
     with tempfile.TemporaryDirectory(prefix="kvproj-plan-measure-") as tmp:
@@ -103,23 +117,64 @@ def measure(config: str, steps: int, device: str) -> dict[str, Any]:
         reset = _reset_peak_rss()
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
         peak_kib = _status_kib("VmHWM")
+        out: dict[str, Any] = {"times": times, "load_seconds": loaded_s}
+        if device == "cuda":
+            out["peak_bytes"] = torch.cuda.max_memory_allocated()
+            out["reserved_bytes"] = torch.cuda.max_memory_reserved()
+        elif rss_before is None or peak_kib is None or rss_loaded is None or not reset:
+            raise OSError("--measure on CPU reads /proc/self/status and resets /proc/self/clear_refs (Linux only)")
+        else:
+            out["peak_bytes"] = (peak_kib - rss_before) * 1024
+            out["rss_after_load_bytes"] = (rss_loaded - rss_before) * 1024
+    return out
+
+
+def _preimport() -> None:
+    """Import what a training run imports on its way (Lightning's trainer and TensorBoard logger, kvproj's
+    training code), so that the resident-set baseline taken before loading the models already holds the code:
+    the increase is then the run's data, not its modules."""
+    import importlib
+
+    for name in (
+        "kvproj.training",
+        "lightning.pytorch",
+        "torch.utils.tensorboard",
+        "tensorboardX",
+        "kvproj.data.facts",
+        "kvproj.data.passages",
+        "kvproj.ridge",
+    ):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
+
+
+def measure(config: str, steps: int, device: str) -> dict[str, Any]:
+    """Train `steps` steps of `config` on `device` ("cpu" or "cuda") in a temporary folder, in this process; return
+    the peak memory and step times. Ridge initialisation and validation are off (they run before / between steps).
+    The code a run imports is imported before the baseline (the caller has also built both models' shapes, which
+    imports their transformers modules)."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: CUDA is not available here; use --device cpu")
+    _preimport()
+    _trim()
+    run = _train(config, steps, device)
+    times = run["times"]
     out: dict[str, Any] = {
         "device": device,
         "steps": len(times),
-        "load_seconds": round(loaded_s, 2),
+        "load_seconds": round(run["load_seconds"], 2),
         "step_seconds": [round(t, 4) for t in times],
         "median_step_seconds": statistics.median(times[1:] or times),
-        "note": "ridge init and validation off; median over the steps after the first",
+        "peak_bytes": run["peak_bytes"],
+        "note": "ridge init and validation off; median step time over the steps after the first",
     }
     if device == "cuda":
-        out["peak_bytes"] = torch.cuda.max_memory_allocated()
-        out["reserved_bytes"] = torch.cuda.max_memory_reserved()
+        out["reserved_bytes"] = run["reserved_bytes"]
         out["peak_measure"] = "torch.cuda.max_memory_allocated"
         out["gpu_name"] = torch.cuda.get_device_name(0)
     else:
-        if rss_before is None or peak_kib is None or not reset:
-            raise OSError("--measure on CPU reads /proc/self/status and resets /proc/self/clear_refs (Linux only)")
-        out["peak_bytes"] = (peak_kib - rss_before) * 1024
-        out["rss_after_load_bytes"] = (rss_loaded - rss_before) * 1024
+        out["rss_after_load_bytes"] = run["rss_after_load_bytes"]
         out["peak_measure"] = "peak RSS during the steps (VmHWM, reset after loading) minus RSS before loading"
     return out

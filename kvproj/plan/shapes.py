@@ -183,7 +183,9 @@ def model_shape(spec: ModelSpec) -> ModelShape:
                 continue
             seen.add(id(p))
             quantizable = isinstance(module, nn.Linear) and module is not head and pname == "weight"
-            tensors.append(Tensor(f"{module_name}.{pname}", tuple(p.shape), "linear" if quantizable else "param", p.dtype))
+            tensors.append(
+                Tensor(f"{module_name}.{pname}", tuple(p.shape), "linear" if quantizable else "param", p.dtype)
+            )
         for bname, b in module.named_buffers(recurse=False):
             if b is not None and id(b) not in seen:
                 seen.add(id(b))
@@ -200,7 +202,9 @@ def model_shape(spec: ModelSpec) -> ModelShape:
         family=text.model_type,
         num_layers=sizes["num_layers"],
         hidden=text.hidden_size if hasattr(text, "hidden_size") else text.n_embd,
-        intermediate=getattr(text, "intermediate_size", None) or getattr(text, "n_inner", None) or 4 * text.hidden_size,
+        intermediate=getattr(text, "intermediate_size", None)
+        or getattr(text, "n_inner", None)
+        or 4 * text.hidden_size,
         heads=sizes["num_attention_heads"],
         kv_heads=sizes["num_kv_heads"],
         head_dim=sizes["head_dim"],
@@ -236,7 +240,9 @@ def projector_shape(config: Any, mode: str, source: ModelShape, target: ModelSha
 
     def geometry(m: ModelShape) -> CacheGeometry:
         n = m.num_layers
-        return CacheGeometry(m.family, n, m.kv_heads, m.head_dim, ("full_attention",) * n, (None,) * n, (None,) * n)
+        return CacheGeometry(
+            m.family, n, m.kv_heads, m.head_dim, ("full_attention",) * n, (None,) * n, (None,) * n
+        )
 
     with torch.device("meta"):
         projector = config.build(geometry(source), geometry(target), mode)
@@ -302,7 +308,9 @@ def _tokenizer(spec: ModelSpec):
     elif Path(os.path.expanduser(spec.name)).suffix == ".gguf":
         return None
     try:
-        tok = AutoTokenizer.from_pretrained(os.path.expanduser(path), local_files_only=True, trust_remote_code=False)
+        tok = AutoTokenizer.from_pretrained(
+            os.path.expanduser(path), local_files_only=True, trust_remote_code=False
+        )
     except Exception:  # not available offline: lengths are approximated
         return None
     if tok.pad_token_id is None:
@@ -343,17 +351,38 @@ def sequence_lengths(
     examples = _examples(data, batch * batches)
     if not examples:  # a text corpus: context = a share of each text, up to max_context_tokens
         ctx = max_ctx
-        cont = max(1, round(ctx * (1 - data.get("lm_context_fraction", 0.5)) / data.get("lm_context_fraction", 0.5)))
-        return Lengths(ctx + 1, ctx + 1, cont, cont * batch, ctx + 1, ctx + 1, cont, cont, False, ENCODE_SECONDS, 0,
-                       "dataset text: context = data.max_context_tokens, continuation by lm_context_fraction")
+        cont = max(
+            1, round(ctx * (1 - data.get("lm_context_fraction", 0.5)) / data.get("lm_context_fraction", 0.5))
+        )
+        return Lengths(
+            ctx + 1,
+            ctx + 1,
+            cont,
+            cont * batch,
+            ctx + 1,
+            ctx + 1,
+            cont,
+            cont,
+            False,
+            ENCODE_SECONDS,
+            0,
+            "dataset text: context = data.max_context_tokens, continuation by lm_context_fraction",
+        )
     toks = [_tokenizer(source), _tokenizer(target)]
     rows: list[tuple[int, int, int, int]] = []
     if all(t is not None for t in toks):
         formats = [SideFormat.build(t, chat_template, question_template) for t in toks]
         started = time.perf_counter()
         for e in examples:
-            enc = encode_example(e, toks[0], toks[1], formats[0], formats[1], answer_template=answer_template,
-                                 max_context_tokens=max_ctx)
+            enc = encode_example(
+                e,
+                toks[0],
+                toks[1],
+                formats[0],
+                formats[1],
+                answer_template=answer_template,
+                max_context_tokens=max_ctx,
+            )
             answer = sum(1 for x in enc.labels if x != -100)
             rows.append((len(enc.source_ids), len(enc.target_prefix_ids), len(enc.continuation_ids), answer))
         encode = (time.perf_counter() - started) / len(examples)
@@ -368,6 +397,8 @@ def sequence_lengths(
         encode = ENCODE_SECONDS
         exact, how = False, f"{CHARS_PER_TOKEN:g} characters per token (a tokenizer is not available offline)"
     chunks = [rows[i : i + batch] for i in range(0, len(rows), batch)]
-    peak = [max(max(r[k] for r in c) for c in chunks) for k in range(3)] + [max(sum(r[3] for r in c) for c in chunks)]
+    peak = [max(max(r[k] for r in c) for c in chunks) for k in range(3)] + [
+        max(sum(r[3] for r in c) for c in chunks)
+    ]
     mean = [sum(r[k] for r in rows) / len(rows) for k in range(4)]
     return Lengths(*peak, *mean, exact, encode, len(rows), how + f", first {len(rows)} training examples")

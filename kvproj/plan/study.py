@@ -31,7 +31,17 @@ from typing import Any
 
 import yaml
 
-from kvproj.plan.estimate import GIB, Estimate, check_gpus, estimate, fits, hardware, prices, run_hours, step_seconds
+from kvproj.plan.estimate import (
+    GIB,
+    Estimate,
+    check_gpus,
+    estimate,
+    fits,
+    hardware,
+    prices,
+    run_hours,
+    step_seconds,
+)
 
 RUN_KEYS = {"name", "config", "pairs", "repeats", "steps", "hours", "gpu", "provider", "rate", "note"}
 SPOT_DEFAULTS = {
@@ -44,8 +54,9 @@ SPOT_DEFAULTS = {
 
 
 # ------------------------------------------------------------------------------------------------ spot
-def spot_hours(work_h: float, interval_h: float, write_h: float, rate: float, restart_h: float,
-               lost_h: float | None = None) -> float:
+def spot_hours(
+    work_h: float, interval_h: float, write_h: float, rate: float, restart_h: float, lost_h: float | None = None
+) -> float:
     """Expected wall hours for `work_h` hours of training on an instance killed `rate` times per hour (Poisson),
     checkpointing every `interval_h` hours of work at `write_h` hours per checkpoint, `restart_h` hours to come
     back after a kill. A kill redoes the work since the last checkpoint: on average half a segment
@@ -61,14 +72,16 @@ def spot_hours(work_h: float, interval_h: float, write_h: float, rate: float, re
 
 def best_interval(work_h: float, write_h: float, rate: float, restart_h: float) -> tuple[float, float]:
     """(checkpoint interval in hours that minimises `spot_hours`, its expected hours): a golden-section search on
-    log(interval); Young's first-order answer is sqrt(2 write / rate)."""
+    log(interval), between write_h / 100 and the run's own length; Young's first-order answer is
+    sqrt(2 write / rate)."""
     if rate <= 0:
         return math.inf, work_h
 
     def f(log_tau: float) -> float:
         return spot_hours(work_h, math.exp(log_tau), write_h, rate, restart_h)
 
-    lo, hi = math.log(max(write_h, 1e-6) / 100), math.log(max(work_h, 1e-6) * 10)
+    # no longer than the run: an interval past its end means one checkpoint, at the end
+    lo, hi = math.log(max(write_h, 1e-9) / 100), math.log(max(work_h, 1e-6))
     ratio = (math.sqrt(5) - 1) / 2
     for _ in range(200):
         a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
@@ -80,7 +93,9 @@ def best_interval(work_h: float, write_h: float, rate: float, restart_h: float) 
     return tau, spot_hours(work_h, tau, write_h, rate, restart_h)
 
 
-def spot_plan(est: Estimate, seconds: float, hours: float, on_demand: float, spot: dict[str, Any]) -> dict[str, Any]:
+def spot_plan(
+    est: Estimate, seconds: float, hours: float, on_demand: float, spot: dict[str, Any]
+) -> dict[str, Any]:
     """Expected spot cost of one run: its checkpoint interval (run.checkpoint_every_n_steps steps, or
     checkpoint_every_minutes if sooner), the cost per checkpoint, the restart time; and the interval that
     minimises the expected cost."""
@@ -135,7 +150,9 @@ def read_study(path: str | Path) -> dict[str, Any]:
         tier["runs"] = _flatten(tier.get("runs") or [])  # lists of runs may be YAML anchors of lists
         for run in tier["runs"]:
             if not isinstance(run, dict):
-                raise ValueError(f"--study {path}: tier {tier.get('name')!r}: a run must be a mapping, got {run!r}")
+                raise ValueError(
+                    f"--study {path}: tier {tier.get('name')!r}: a run must be a mapping, got {run!r}"
+                )
             unknown = set(run) - RUN_KEYS
             if unknown:
                 raise ValueError(
@@ -162,8 +179,9 @@ def read_study(path: str | Path) -> dict[str, Any]:
     return study
 
 
-def plan_study(study: dict[str, Any], resolve_config, efficiency: float | None = None,
-               gpus: list[str] | None = None) -> dict[str, Any]:
+def plan_study(
+    study: dict[str, Any], resolve_config, efficiency: float | None = None, gpus: list[str] | None = None
+) -> dict[str, Any]:
     """Every run of every tier costed on every (provider, GPU) that has a price and fits it; the cheapest option
     (or the run's stated gpu / provider / rate) is what the tier totals count."""
     from kvproj.plan.estimate import read_settings
@@ -202,8 +220,15 @@ def plan_study(study: dict[str, Any], resolve_config, efficiency: float | None =
                 if "provider" in run:
                     offers = [o for o in offers if o["provider"] == run["provider"]]
                 if "rate" in run:
-                    offers = [{"provider": run.get("provider", "stated"), "per_hour": float(run["rate"]),
-                               "low": float(run["rate"]), "high": float(run["rate"]), "date": "stated in the study"}]
+                    offers = [
+                        {
+                            "provider": run.get("provider", "stated"),
+                            "per_hour": float(run["rate"]),
+                            "low": float(run["rate"]),
+                            "high": float(run["rate"]),
+                            "date": "stated in the study",
+                        }
+                    ]
                 for offer in offers:
                     option = {
                         "gpu": gpu,
@@ -212,12 +237,17 @@ def plan_study(study: dict[str, Any], resolve_config, efficiency: float | None =
                         "hours_per_run": round(hours, 4),
                         "rate": offer["per_hour"],
                         "cost": round(units * hours * offer["per_hour"], 4),
-                        "cost_range": [round(units * hours * offer["low"], 4), round(units * hours * offer["high"], 4)],
+                        "cost_range": [
+                            round(units * hours * offer["low"], 4),
+                            round(units * hours * offer["high"], 4),
+                        ],
                         "hours_stated": "hours" in run,
                     }
                     if spot and est is not None and seconds and offer["per_hour"] > 0:
                         sp = spot_plan(est, seconds, hours, offer["per_hour"], spot)
-                        option["spot_cost"] = None if sp["expected_cost"] is None else round(units * sp["expected_cost"], 4)
+                        option["spot_cost"] = (
+                            None if sp["expected_cost"] is None else round(units * sp["expected_cost"], 4)
+                        )
                         option["spot"] = sp
                     row["options"].append(option)
             if est is not None and ("hours" in run or "gpu" in run or "rate" in run):
@@ -230,14 +260,27 @@ def plan_study(study: dict[str, Any], resolve_config, efficiency: float | None =
                 total += row["chosen"]["cost"]
             rows.append(row)
         cap = tier.get("cap")
-        tiers_out.append({"name": tier.get("name"), "cap": cap, "total": round(total, 4), "runs": rows,
-                          "within_cap": None if cap is None else total <= float(cap) + 1e-9})
+        tiers_out.append(
+            {
+                "name": tier.get("name"),
+                "cap": cap,
+                "total": round(total, 4),
+                "runs": rows,
+                "within_cap": None if cap is None else total <= float(cap) + 1e-9,
+            }
+        )
         grand = max(grand, total) if study.get("alternatives") else grand + total
     cap = study.get("budget_cap")
-    return {"tiers": tiers_out, "total": round(grand, 4), "budget_cap": cap,
-            "total_is": "the largest tier (tiers are alternative budgets)" if study.get("alternatives") else "the sum of the tiers",
-            "within_budget": None if cap is None else grand <= float(cap) + 1e-9,
-            "prices": {p: {"date": str(v["date"]), "source": v["source"]} for p, v in hardware()["providers"].items()}}
+    return {
+        "tiers": tiers_out,
+        "total": round(grand, 4),
+        "budget_cap": cap,
+        "total_is": "the largest tier (tiers are alternative budgets)"
+        if study.get("alternatives")
+        else "the sum of the tiers",
+        "within_budget": None if cap is None else grand <= float(cap) + 1e-9,
+        "prices": {p: {"date": str(v["date"]), "source": v["source"]} for p, v in hardware()["providers"].items()},
+    }
 
 
 def _planned_cheapest(est: Estimate, units: int, efficiency: float | None) -> dict[str, Any] | None:
@@ -252,8 +295,13 @@ def _planned_cheapest(est: Estimate, units: int, efficiency: float | None) -> di
                 continue  # an owned card: no hourly price to compare
             cost = units * hours * offer["per_hour"]
             if best is None or cost < best["cost"]:
-                best = {"gpu": gpu, "provider": offer["provider"], "rate": offer["per_hour"],
-                        "hours_per_run": round(hours, 4), "cost": round(cost, 4)}
+                best = {
+                    "gpu": gpu,
+                    "provider": offer["provider"],
+                    "rate": offer["per_hour"],
+                    "hours_per_run": round(hours, 4),
+                    "cost": round(cost, 4),
+                }
     return best
 
 
@@ -262,10 +310,17 @@ def study_markdown(result: dict[str, Any]) -> str:
     lines = []
     for tier in result["tiers"]:
         cap = f" (cap ${tier['cap']})" if tier["cap"] is not None else ""
-        lines += [f"### {tier['name']}{cap}: ${tier['total']:.2f}" + (" - over the cap" if tier["within_cap"] is False else ""), ""]
+        lines += [
+            f"### {tier['name']}{cap}: ${tier['total']:.2f}"
+            + (" - over the cap" if tier["within_cap"] is False else ""),
+            "",
+        ]
         columns = sorted({(o["provider"], o["gpu"]) for r in tier["runs"] for o in r["options"]})
-        lines.append("| run | runs | cheapest that fits | hours/run | cost | " + " | ".join(f"{p} {g}" for p, g in columns)
-                     + " | planned cheapest (estimated hours) |")
+        lines.append(
+            "| run | runs | cheapest that fits | hours/run | cost | "
+            + " | ".join(f"{p} {g}" for p, g in columns)
+            + " | planned cheapest (estimated hours) |"
+        )
         lines.append("|" + " --- |" * (6 + len(columns)))
         for r in tier["runs"]:
             c = r["chosen"]
@@ -278,13 +333,18 @@ def study_markdown(result: dict[str, Any]) -> str:
             cost = f"${c['cost']:.2f}" if c else ""
             p = r.get("planned_cheapest")
             planned = f"{p['provider']} {p['gpu']}: {p['hours_per_run']:.2f} h, ${p['cost']:.2f}" if p else ""
-            lines.append(f"| {r['name']} | {r['units']} | {chosen} | {hours} | {cost} | " + " | ".join(cells)
-                         + f" | {planned} |")
+            lines.append(
+                f"| {r['name']} | {r['units']} | {chosen} | {hours} | {cost} | "
+                + " | ".join(cells)
+                + f" | {planned} |"
+            )
         lines.append("")
     if result["budget_cap"] is not None:
         verdict = "within" if result["within_budget"] else "OVER"
-        lines.append(f"**Total ({result['total_is']}) ${result['total']:.2f} against the ${result['budget_cap']} cap: "
-                     f"{verdict}.**")
+        lines.append(
+            f"**Total ({result['total_is']}) ${result['total']:.2f} against the ${result['budget_cap']} cap: "
+            f"{verdict}.**"
+        )
     else:
         lines.append(f"**Total ${result['total']:.2f}.**")
     dates = ", ".join(f"{p} {v['date']}" for p, v in result["prices"].items())
