@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,7 +77,7 @@ class RunSettings:
     data: dict[str, Any]
     max_steps: int
     val_check_interval: int | None
-    limit_val_batches: float
+    limit_val_batches: int | float
     checkpoint_every_n_steps: int
     checkpoint_every_minutes: float | None
     accumulate_grad_batches: int = 1
@@ -151,7 +152,7 @@ def read_settings(path: str | Path) -> RunSettings:
         data=dict(cfg.get("data") or {}),
         max_steps=int(trainer.get("max_steps", 1000)),
         val_check_interval=trainer.get("val_check_interval"),
-        limit_val_batches=float(trainer.get("limit_val_batches", 1.0)),
+        limit_val_batches=trainer.get("limit_val_batches", 1.0),
         checkpoint_every_n_steps=int(run.get("checkpoint_every_n_steps", 100)),
         checkpoint_every_minutes=run.get("checkpoint_every_minutes"),
         accumulate_grad_batches=int(trainer.get("accumulate_grad_batches", 1)),
@@ -418,8 +419,12 @@ def run_hours(est: Estimate, seconds: float) -> float:
     forwards through the target instead of a forward and a backward)."""
     s = est.settings
     val_batches = 0.0
-    if s.val_check_interval:
-        val_batches = (s.max_steps // int(s.val_check_interval)) * max(1.0, s.limit_val_batches)
+    interval = s.val_check_interval
+    if isinstance(interval, int) and not isinstance(interval, bool) and interval >= 1:
+        per_pass = math.ceil(int(s.data.get("val_examples", 64)) / int(s.data.get("val_batch_size", 16)))
+        limit = s.limit_val_batches  # Lightning's: an int is batches, a float a share of the validation set
+        batches = min(per_pass, limit) if isinstance(limit, int) else per_pass * float(limit)
+        val_batches = (s.max_steps // interval) * batches
     return (s.max_steps + val_batches) * seconds / 3600
 
 
