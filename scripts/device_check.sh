@@ -11,18 +11,24 @@ py=${PYTHON:-python3}
 status=0
 step() { echo; echo "=== $*"; "$@" || { echo "FAILED: $*"; status=1; }; }
 step $py -c "import torch, transformers, lightning; print(torch.__version__, transformers.__version__, lightning.__version__, torch.cuda.get_device_name(0))"
-step $py -m kvproj doctor --no-zoo --device cuda --json
-step $py -m kvproj doctor --no-zoo --device cuda --dtype bfloat16
-step $py -m kvproj doctor --no-zoo --device cuda --quantization 4bit
-step $py -m kvproj doctor --no-zoo --device cuda --quantization 8bit
+step $py -m kvproj doctor --zoo false --device cuda --json
+step $py -m kvproj doctor --zoo false --device cuda --dtype bfloat16
+has_bnb=$($py -c "import bitsandbytes" >/dev/null 2>&1 && echo 1)
+skip_bnb() { echo; echo "=== SKIPPED (bitsandbytes is not installed on this machine): $*"; }
+for q in 4bit 8bit; do
+  if [ -n "$has_bnb" ]; then step $py -m kvproj doctor --zoo false --device cuda --quantization $q
+  else skip_bnb "doctor --quantization $q"; fi
+done
 for precision in bf16-mixed 16-mixed; do
   step $py -m kvproj fit --config configs/smoke.yaml --trainer.accelerator gpu --trainer.precision $precision \
     --trainer.default_root_dir "$out/$precision" --trainer.max_steps 40
 done
 step $py -m kvproj fit --config configs/smoke.yaml --trainer.accelerator gpu --trainer.precision bf16-mixed \
   --trainer.default_root_dir "$out/bf16-mixed" --trainer.max_steps 50 --ckpt_path last
-step $py -m kvproj fit --config configs/smoke.yaml --trainer.accelerator gpu --trainer.default_root_dir "$out/4bit" \
-  --data.target.quantization 4bit --data.target.device cuda --data.source.device cuda --trainer.max_steps 20
+if [ -n "$has_bnb" ]; then
+  step $py -m kvproj fit --config configs/smoke.yaml --trainer.accelerator gpu --trainer.default_root_dir "$out/4bit" \
+    --pair.target.quantization 4bit --pair.target.device cuda --pair.source.device cuda --trainer.max_steps 20
+else skip_bnb "fit with a 4-bit target"; fi
 step $py -m kvproj evaluate --projector "$out/bf16-mixed/checkpoints/smoke/projector" --device cuda --limit 32 \
   --output "$out/eval/results.json"
 # plan: predicted vs measured peak GPU memory (torch.cuda.max_memory_allocated) and step time; the default config
