@@ -34,6 +34,9 @@ step $py -m kvproj evaluate --projector "$out/bf16-mixed/checkpoints/smoke/proje
 # plan: predicted vs measured peak GPU memory (torch.cuda.max_memory_allocated) and step time; the default config
 # needs the two zoo models installed (`python -m kvproj zoo install smollm2-135m-instruct gemma3-270m`)
 step $py -m kvproj plan --config smoke --measure 20 --device cuda --gpu h100-sxm --output "$out/plan_measure_smoke_cuda.json"
+# wider random tiny models (~70M parameters together): the estimated terms dominate the allocator's fixed overheads
+step $py -m kvproj plan --config docs/results/plan_inputs/tiny-wide.yaml --measure 20 --device cuda --gpu h100-sxm \
+  --output "$out/plan_measure_tiny_wide_cuda.json"
 if [ -f "$($py -m kvproj zoo path gemma3-270m)/config.json" ] && [ -f "$($py -m kvproj zoo path smollm2-135m-instruct)/config.json" ]; then
   step $py -m kvproj plan --config default --measure 10 --device cuda --gpu h100-sxm --output "$out/plan_measure_default_cuda.json"
 fi
