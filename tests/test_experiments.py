@@ -142,3 +142,28 @@ def test_partial_transfer_full_share_equals_full_transfer(tmp_path):
         assert 0 < n["span_entity+answer"]["byte_fraction"] < 1
         assert n["layers_last_0.5"]["byte_fraction"] == pytest.approx(0.5)
         assert n["heads_first_0.5"]["byte_fraction"] == pytest.approx(0.5)
+
+
+# ------------------------------------------------------------------------------------------------ modes
+def test_blend_at_alpha_0_and_1_is_the_pure_cache_exactly():
+    from kvproj.experiments.interpolation import blend
+
+    model = tiny("gemma3_text")
+    a = read_cache(model.model, torch.arange(5, 25).reshape(2, 10), geometry=model.geometry)
+    b = read_cache(model.model, torch.arange(30, 50).reshape(2, 10), geometry=model.geometry)
+    for alpha, expected in ((1.0, a), (0.0, b)):
+        mixed = blend(a, b, alpha)
+        assert all(torch.equal(x, y) for x, y in zip(mixed.keys + mixed.values, expected.keys + expected.values))
+    half = blend(a, b, 0.5, layers={1})
+    assert torch.equal(half.keys[0], b.keys[0]) and torch.allclose(half.keys[1], (a.keys[1] + b.keys[1]) / 2)
+
+
+def test_interpolation_smoke_reproduces_the_pure_modes(tmp_path):
+    r = experiment("interpolation", tmp_path)
+    n = r["numbers"]
+    assert n["global alpha=1"]["kl_to_A"]["mean"] == 0.0 and n["global alpha=1"]["kl_to_A"]["ci95"] == [0.0, 0.0]
+    assert n["global alpha=0"]["kl_to_B"]["mean"] == 0.0
+    assert n["global alpha=0.5"]["kl_to_A"]["mean"] > 0
+    for group in [c for c in n if c.startswith("layers ") and c.endswith("alpha=0")]:
+        assert n[group]["kl_to_B"]["mean"] == 0.0  # a group blended at alpha 0 is mode B everywhere
+    assert r["n_questions"] == 8 and {"steer c=0", "steer c=1"} <= set(n)
