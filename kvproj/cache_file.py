@@ -60,7 +60,9 @@ def save_cache(
     from safetensors.torch import save
 
     if kv.geometry is not None and kv.geometry.mismatches(model.geometry):
-        raise CacheFileError(f"save_cache: the cache does not fit {model.spec.name}: {kv.geometry.mismatches(model.geometry)}")
+        raise CacheFileError(
+            f"save_cache: the cache does not fit {model.spec.name}: {kv.geometry.mismatches(model.geometry)}"
+        )
     if dtype is not None and dtype not in _DTYPES:
         raise ValueError(f"save_cache: dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
     cast = _DTYPES[dtype] if dtype else None

@@ -85,7 +85,7 @@ def test_same_model_smoke_exact_in_fp32_reproducible_resumable(tmp_path):
     # resuming with other settings is refused
     (folder / "results.json").unlink()
     assert main(["same-model", "--config", str(CONFIGS / "same-model-smoke.yaml"), "--output_dir",
-                 str(tmp_path / "results"), "--new_tokens", "3"]) == 2  # fmt: skip
+                 str(tmp_path / "results"), "--new_tokens", "3"]) == 2  # another unit content: refused  # fmt: skip
 
 
 def test_help_lists_the_options(capsys):
@@ -167,3 +167,19 @@ def test_interpolation_smoke_reproduces_the_pure_modes(tmp_path):
     for group in [c for c in n if c.startswith("layers ") and c.endswith("alpha=0")]:
         assert n[group]["kl_to_B"]["mean"] == 0.0  # a group blended at alpha 0 is mode B everywhere
     assert r["n_questions"] == 8 and {"steer c=0", "steer c=1"} <= set(n)
+
+
+def test_mode_transfer_smoke_with_an_exact_projector(tmp_path):
+    """An identity projector between two copies of one tiny model is an exact transfer: the projected caches
+    behave exactly like the target reading the text, in both modes."""
+    model = tiny("llama")
+    spec = model.spec.to_dict()
+    folder = save_projector(tmp_path / "identity", build_projector("identity", model.geometry, model.geometry),
+                            spec, spec)  # fmt: skip
+    r = experiment("mode-transfer", tmp_path, "--projector", str(folder))
+    n = r["numbers"]
+    for mode in ("A", "B"):
+        assert n[f"projected {mode}"]["kl_to_" + mode]["mean"] == pytest.approx(0.0, abs=1e-6)
+        assert n[f"target_text {mode}"]["kl_to_" + mode]["mean"] == 0.0
+        assert n[f"projected {mode}"]["unknown_rate"]["mean"] == n[f"target_text {mode}"]["unknown_rate"]["mean"]
+    assert set(r["mode_gap"]["unknown_rate"]) == {"target_text", "projected", "shuffled", "source_text"}

@@ -112,8 +112,10 @@ def main(argv: list[str]) -> int:
     values.pop("config", None)
     values.pop("__path__", None)
     shown = " ".join(shlex.quote(a) for a in argv[1:] if a != "--config" and a != config)
-    command = f"python -m kvproj experiment {name}" + (f" --config {config}" if config else "") + (
-        f" {shown}" if shown else ""
+    command = (
+        f"python -m kvproj experiment {name}"
+        + (f" --config {config}" if config else "")
+        + (f" {shown}" if shown else "")
     )
 
     def go() -> int:

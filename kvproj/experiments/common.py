@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -38,7 +38,13 @@ from kvproj.eval import metrics
 
 log = logging.getLogger(__name__)
 
-RESULTS, SETTINGS, UNITS, GENERATIONS, REPORT = "results.json", "settings.json", "units", "generations.jsonl", "report.md"
+RESULTS, SETTINGS, UNITS, GENERATIONS, REPORT = (
+    "results.json",
+    "settings.json",
+    "units",
+    "generations.jsonl",
+    "report.md",
+)
 # settings that change where or whether a run is written, not what it computes
 NOT_COMPARED = ("overwrite", "output_dir", "run")
 
@@ -54,6 +60,9 @@ class ExperimentSettings:
         overwrite: Replace a finished run in the same folder (otherwise it is refused).
         bootstrap_resamples: Resamples of the percentile bootstrap behind every 95% CI.
     """
+
+    # options that only choose which units run (units are keyed by them): a run may be resumed with other values
+    UNIT_SELECTORS: ClassVar[tuple[str, ...]] = ()
 
     run: str = "default"
     output_dir: str = "results"
@@ -72,8 +81,11 @@ class ExperimentSettings:
 
 def check_int(name: str, value: Any, minimum: int, maximum: int | None = None) -> None:
     """A whole number in [minimum, maximum], else ValueError naming the option."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum or (
-        maximum is not None and value > maximum
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or value < minimum
+        or (maximum is not None and value > maximum)
     ):
         bound = f">= {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
         raise ValueError(f"--{name}: must be a whole number {bound}, got {value!r}")
@@ -123,7 +135,7 @@ def fmt(value: float | None, digits: int = 3, kind: str = "f") -> str:
 
 
 def fmt_stat(s: dict[str, Any] | None, digits: int = 3, kind: str = "f") -> str:
-    """"0.512 [0.41, 0.60]" for a `stat` dict."""
+    """ "0.512 [0.41, 0.60]" for a `stat` dict."""
     if not s or s.get("mean") is None:
         return "-"
     lo, hi = s["ci95"]
@@ -198,10 +210,11 @@ class Run:
         self.folder.mkdir(parents=True, exist_ok=True)
         recover(self.folder)
         recover(self.folder / UNITS)
-        mine = comparable(self.settings.to_dict())
+        selectors = type(self.settings).UNIT_SELECTORS
+        mine = comparable(self.settings.to_dict(), selectors)
         stored_path = self.folder / SETTINGS
         if stored_path.exists():
-            stored = comparable(json.loads(stored_path.read_text()).get("settings", {}))
+            stored = comparable(json.loads(stored_path.read_text()).get("settings", {}), selectors)
             differ = sorted(k for k in set(mine) | set(stored) if mine.get(k) != stored.get(k))
             if differ:
                 raise ValueError(
@@ -212,7 +225,7 @@ class Run:
             self.resumed_units = len(list((self.folder / UNITS).glob("*.json")))
             if self.resumed_units:
                 log.info("resuming %s: %d finished units are kept", self.folder, self.resumed_units)
-        else:
+        if not stored_path.exists() or selectors:
             atomic_write(stored_path, json.dumps({"experiment": self.experiment, "settings": self.settings.to_dict()},
                                                  indent=2) + "\n")  # fmt: skip
         log.info("%s: writing to %s", self.experiment, self.folder)
@@ -272,8 +285,8 @@ class Run:
         return results
 
 
-def comparable(settings: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in settings.items() if k not in NOT_COMPARED}
+def comparable(settings: dict[str, Any], selectors: tuple[str, ...] = ()) -> dict[str, Any]:
+    return {k: v for k, v in settings.items() if k not in NOT_COMPARED and k not in selectors}
 
 
 def safe_name(key: str) -> str:
@@ -284,7 +297,11 @@ def versions() -> dict[str, str]:
     import torch
     import transformers
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
 
 
 def model_record(loaded) -> dict[str, Any]:

@@ -255,13 +255,13 @@ def build_report(s: Settings, numbers, loaded, run_: Run, command: str, n_rows: 
     report = Report(f"Cache interpolation between modes: {s.model.name}", command)
     report.section(
         "What was measured",
-        f"Mode A: \"{s.instruction_a}\" Mode B: \"{s.instruction_b}\" (each before the context; the shorter is "
+        f'Mode A: "{s.instruction_a}" Mode B: "{s.instruction_b}" (each before the context; the shorter is '
         f"padded with '{FILLER}' tokens so both caches share every position). {n_rows} prompts: "
         f"{n_rows // 2} answerable facts questions and as many unanswerable ones (the question over another "
         "example's context). Blends `alpha * C_A + (1 - alpha) * C_B` over all layers (global) and over one layer "
         "group at a time (other layers: C_B). Steering: the mean A - B difference of un-rotated keys and of values "
         f"per layer over {s.n_contrastive} contrastive prompts (facts val split), times c, added to the cache of "
-        f"\"{s.neutral_instruction}\". The pure caches are the controls (alpha 1 = A, alpha 0 = B, c 0 = neutral).",
+        f'"{s.neutral_instruction}". The pure caches are the controls (alpha 1 = A, alpha 0 = B, c 0 = neutral).',
     )
     labels = {"accuracy": "accuracy (answerable)", "unknown_rate": "'unknown' rate (unanswerable)",
               "fabricated_rate": "fabricated-answer rate (unanswerable)",

@@ -109,8 +109,10 @@ def build_report(s, numbers, analysis, diagnostics, num_layers, run_, command, t
         "of the batch (seeded derangement), made the same way, stretched to this example's length and rotated at "
         "its positions** - the shuffled control at that layer - so the cache the target reads stays in its usual "
         "range; `control` is the donor at every layer. Transferred caches: `projected` (the projector at "
-        f"{trained.directory})" + (" and `same_model` (the target's own cache of the context: the reference)."
-                                   if s.reference else "."),  # fmt: skip
+        f"{trained.directory})"
+        + (
+            " and `same_model` (the target's own cache of the context: the reference)." if s.reference else "."
+        ),  # fmt: skip
     )
     t = numbers["target"]
     rows = [["floor (head only)", "-", fmt_stat(t["floor"].get("exact_match")), fmt_stat(t["floor"]["answer_nll"]),
@@ -131,8 +133,12 @@ def build_report(s, numbers, analysis, diagnostics, num_layers, run_, command, t
         png = heatmap(run_.path(f"heatmap_{source}.png"), matrix, rows=["only l", "all but l"],
                       cols=[str(x) for x in layers], title=f"KL to oracle per target layer ({source})",
                       label="KL to oracle")  # fmt: skip
-        report.plot(f"Heatmap ({source})", png, "KL to the oracle's answer distributions when only layer l is "
-                    "transferred (top) and when all layers but l are (bottom); lower is closer to the oracle.")
+        report.plot(
+            f"Heatmap ({source})",
+            png,
+            "KL to the oracle's answer distributions when only layer l is "
+            "transferred (top) and when all layers but l are (bottom); lower is closer to the oracle.",
+        )
         for metric, label in (("kl_to_oracle", "KL to oracle"), ("answer_nll", "answer NLL"),
                               ("exact_match", "exact match")):  # fmt: skip
             if metric == "exact_match" and not s.generate:
@@ -191,7 +197,9 @@ def finding(numbers, analysis, num_layers) -> str:
             + ", ".join(f"layer {x}: {fmt(mean_of(numbers, source, f'only_{x}', 'kl_to_oracle'))}" for x in top)
             + f". Withheld alone, layers {withheld} raise it most from the full transfer "
             f"({fmt(mean_of(numbers, source, 'full', 'kl_to_oracle'))}): "
-            + ", ".join(f"layer {x}: {fmt(mean_of(numbers, source, f'all_but_{x}', 'kl_to_oracle'))}" for x in withheld)
+            + ", ".join(
+                f"layer {x}: {fmt(mean_of(numbers, source, f'all_but_{x}', 'kl_to_oracle'))}" for x in withheld
+            )
             + "."
         )
     return "\n".join(lines)

@@ -68,7 +68,9 @@ class Selection:
     span: str = "all"
 
 
-def token_mask(selection: Selection, kv: KVCache, head_len: int, spans: list[dict[str, list[int]]]) -> torch.Tensor:
+def token_mask(
+    selection: Selection, kv: KVCache, head_len: int, spans: list[dict[str, list[int]]]
+) -> torch.Tensor:
     """[B, T] bool: the context slots `selection.span` takes from the transferred cache (head slots: never)."""
     b, t = kv.attention_mask.shape
     real = kv.attention_mask.long().sum(1).tolist()
@@ -168,7 +170,9 @@ class BatchScorer:
         self.pair, self.batch, self.raw = pair, batch, raw
         self.max_new_tokens, self.generate = max_new_tokens, generate
         self.oracle_cache = pair.target_cache(batch)
-        self.oracle = score_prefix(pair, batch, self.oracle_cache, max_new_tokens=max_new_tokens, generate=generate)
+        self.oracle = score_prefix(
+            pair, batch, self.oracle_cache, max_new_tokens=max_new_tokens, generate=generate
+        )
 
     def score(self, prefix: KVCache | None) -> ScoredBatch:
         out = score_prefix(

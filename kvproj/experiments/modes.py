@@ -42,7 +42,9 @@ def mode_examples(n: int, seed: int, split: str = "test", offset: int = 0) -> li
         for shift in range(len(pool)):
             other = pool[(perm[i] + shift) % len(pool)]
             if other is not e and e["entity"] not in other["context"] and e["answer"] not in other["context"]:
-                rows.append({**e, "id": f"{e['id']}-unanswerable", "context": other["context"], "answerable": False})
+                rows.append(
+                    {**e, "id": f"{e['id']}-unanswerable", "context": other["context"], "answerable": False}
+                )
                 break
     return rows
 

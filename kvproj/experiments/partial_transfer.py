@@ -161,7 +161,7 @@ def finding(numbers, families) -> str:
             share = (control - e["kl_to_oracle"]["mean"]) / (control - full)
             recovered.append((e["byte_fraction"], share, name))
         cheap = sorted((b, -r, n) for b, r, n in recovered if r >= 0.5)
-        line = (f"- {source}: full transfer KL to oracle {fmt(full)}, shuffled control {fmt(control)}. ")
+        line = f"- {source}: full transfer KL to oracle {fmt(full)}, shuffled control {fmt(control)}. "
         if cheap:
             b, r, n = cheap[0]
             line += (f"The smallest subset that closes at least half of that KL gap is `{n}`: {fmt(b, 3)} of the "

@@ -13,7 +13,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -59,6 +59,12 @@ class Settings(ExperimentSettings):
         new_tokens: Greedy tokens generated after each prompt (and scored teacher-forced).
         store_dtype: Dtype of the tensors in the file (null: as the sender made them).
     """
+
+    UNIT_SELECTORS: ClassVar[tuple[str, ...]] = (
+        "receivers",
+        "context_lengths",
+        "n_prompts",
+    )  # a run can be extended by any of them
 
     model: ModelSpec = field(default_factory=lambda: ModelSpec("smollm2-135m-instruct"))
     receivers: tuple[str, ...] = ("float32", "bfloat16", "float16")
@@ -135,7 +141,9 @@ def measure(sender, receiver, ids: torch.Tensor, new_tokens: int, store_dtype: s
     # teacher-forced on the receiver's own continuation: logits at the last prompt token and after each new token
     cont = torch.cat([last.to(dev), reference[:, :-1]], dim=1)  # [1, 1 + N - 1]
     full = torch.cat([prefix.to(dev), cont], dim=1)
-    ref_logits = _logits(receiver.model, hidden_states(receiver.model, full, torch.ones_like(full))[:, -cont.shape[1] :])
+    ref_logits = _logits(
+        receiver.model, hidden_states(receiver.model, full, torch.ones_like(full))[:, -cont.shape[1] :]
+    )
     got = _logits(receiver.model, forward_with_cache(receiver.model, loaded, cont, return_hidden=True))
     in_memory = _logits(receiver.model, forward_with_cache(receiver.model, kv, cont, return_hidden=True))
     kl = (F.softmax(ref_logits, -1) * (F.log_softmax(ref_logits, -1) - F.log_softmax(got, -1))).sum(-1)
@@ -260,7 +268,9 @@ def build_report(s: Settings, numbers, timing, skipped, run_: Run, command: str)
         plots.append((metric, png, label))
     time_series = []
     for r, per in timing.items():
-        time_series.append(Series(f"load, receiver {r}", lengths, [per[str(n)]["load_ms"]["mean"] for n in lengths]))
+        time_series.append(
+            Series(f"load, receiver {r}", lengths, [per[str(n)]["load_ms"]["mean"] for n in lengths])
+        )
         time_series.append(
             Series(f"re-prefill, receiver {r}", lengths, [per[str(n)]["prefill_ms"]["mean"] for n in lengths])
         )
@@ -277,10 +287,23 @@ def build_report(s: Settings, numbers, timing, skipped, run_: Run, command: str)
                          fmt(t["file_mb"], 2)])  # fmt: skip
     report.section(
         "Numbers",
-        markdown_table(["receiver", "L", "file round-trip max diff", "max logit diff", "KL", "greedy agreement",
-                        "earliest divergence", "load ms", "re-prefill ms", "file MB"], rows),  # fmt: skip
+        markdown_table(
+            [
+                "receiver",
+                "L",
+                "file round-trip max diff",
+                "max logit diff",
+                "KL",
+                "greedy agreement",
+                "earliest divergence",
+                "load ms",
+                "re-prefill ms",
+                "file MB",
+            ],
+            rows,
+        ),  # fmt: skip
     )
-    for metric, png, label in plots:
+    for _metric, png, label in plots:
         report.plot(label, png, f"{label} per receiver against context length (shaded: 95% CI over prompts).")
     report.plot("Time", time_png, "Mean wall time to load the cache file vs to re-read the prompt (this machine).")
     if skipped:

@@ -128,7 +128,10 @@ def score_batch(
     }
     transferred = {
         "projected": lambda: trained.transfer(
-            batch["source_cache"], batch["align_index"], batch["target_prefix_mask"], fallback=batch.get("target_head")
+            batch["source_cache"],
+            batch["align_index"],
+            batch["target_prefix_mask"],
+            fallback=batch.get("target_head"),
         ),
         "same_model": lambda: scorer.oracle_cache,
     }
@@ -151,7 +154,9 @@ def run_sweep(
     mean byte fraction; and the generation rows."""
     groups = batches(examples, s.batch_size)
     keys = [f"batch{i:04d}" for i in range(len(groups))]
-    units = run_.units(keys, lambda k: score_batch(s, trained, groups[int(k[5:])], int(k[5:]), selections), "batches")
+    units = run_.units(
+        keys, lambda k: score_batch(s, trained, groups[int(k[5:])], int(k[5:]), selections), "batches"
+    )
     collected: dict[str, dict[str, dict[str, list]]] = {}
     rows: list[dict[str, Any]] = []
 
