@@ -122,6 +122,9 @@ def test_layer_sweep_finds_the_planted_layer(tmp_path):
     a = r["analysis"]["projected"]
     assert a["rank_alone"][0] == PLANTED  # transferred alone, the planted layer helps most
     assert a["rank_withheld"][0] == PLANTED  # withheld alone, it hurts most
+    cos = r["numbers"]["projector_cosine"]  # training's per-layer diagnostic, recomputed on these examples
+    assert cos["keys"][PLANTED] == pytest.approx(1.0, abs=1e-5) and cos["values"][PLANTED] == pytest.approx(1.0)
+    assert max(c for x, c in enumerate(cos["values"]) if x != PLANTED) < 0.9
     same = r["numbers"]["same_model"]
     assert same["full"]["kl_to_oracle"]["mean"] == pytest.approx(0.0, abs=1e-6)  # own cache = the oracle
     assert r["numbers"]["projected"]["only_2"]["kl_to_oracle"]["mean"] < r["numbers"]["projected"]["control"][
@@ -183,3 +186,27 @@ def test_mode_transfer_smoke_with_an_exact_projector(tmp_path):
         assert n[f"target_text {mode}"]["kl_to_" + mode]["mean"] == 0.0
         assert n[f"projected {mode}"]["unknown_rate"]["mean"] == n[f"target_text {mode}"]["unknown_rate"]["mean"]
     assert set(r["mode_gap"]["unknown_rate"]) == {"target_text", "projected", "shuffled", "source_text"}
+
+
+def test_mix_takes_exactly_what_is_selected():
+    """Every context token selected gives the transferred cache bit for bit (head slots included, even a
+    multi-token head); nothing selected gives the donor on the context and keeps the head."""
+    from kvproj.experiments.mixing import Selection, donor_cache, mix, token_mask
+
+    model = tiny("gemma3_text")
+    ids = torch.arange(5, 29).reshape(2, 12)
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0  # left padding
+    kv = read_cache(model.model, ids, mask, geometry=model.geometry)
+    head_len = 3
+    donor = donor_cache(kv, [1, 0], head_len)
+    spans = [{"entity": [0], "answer": [2]}] * 2
+    everything = mix(kv, donor, Selection(), token_mask(Selection(), kv, head_len, spans), head_len)
+    assert all(torch.equal(a, b) for a, b in zip(everything.keys + everything.values, kv.keys + kv.values))
+    none = Selection(span="none")
+    nothing = mix(kv, donor, none, token_mask(none, kv, head_len, spans), head_len)
+    assert torch.equal(nothing.values[0][0, :, head_len:], donor.values[0][0, :, head_len:])
+    assert torch.equal(nothing.values[0][0, :, :head_len], kv.values[0][0, :, :head_len])
+    entity = Selection(layers=(1,), span="entity")
+    tokens = token_mask(entity, kv, head_len, spans)
+    assert tokens.sum(1).tolist() == [1, 1] and tokens[0, head_len] and tokens[1, 3 + head_len]

@@ -164,14 +164,7 @@ def build_report(s, numbers, analysis, diagnostics, num_layers, run_, command, t
         report.plot(f"First-k / last-k ({source})", png, "KL to the oracle when the first or the last k layers are "
                     "transferred and the rest hold the donor.")  # fmt: skip
     report.section("Finding", finding(numbers, analysis, num_layers))
-    report.section(
-        "Per-layer training diagnostics",
-        ("The projector reports: " + ", ".join(f"{k} {fmt(v)}" for k, v in diagnostics.items()) + ".")
-        if diagnostics
-        else "This projector architecture reports no per-layer diagnostics of its own (gates); the per-layer key "
-        "and value cosines logged in training are in the run's TensorBoard logs (`val/...cos...`), not in the "
-        "exported folder, so they are not compared here.",
-    )
+    report.section("Per-layer training diagnostics", diagnostics_text(numbers, analysis, diagnostics, num_layers))
     report.section(
         "What the numbers do not show",
         "- One layer at a time measures what each layer adds *over the donor*; layers can be redundant (all-but-l "
@@ -184,6 +177,56 @@ def build_report(s, numbers, analysis, diagnostics, num_layers, run_, command, t
         "inside the CIs.",
     )
     return report
+
+
+def spearman(a: list[float], b: list[float]) -> float | None:
+    """Rank correlation of two equally long lists (average ranks for ties)."""
+    import numpy as np
+
+    if len(a) < 3:
+        return None
+
+    def ranks(x):
+        x = np.asarray(x, dtype=float)
+        order = x.argsort()
+        r = np.empty(len(x))
+        r[order] = np.arange(len(x))
+        for v in np.unique(x):  # ties: their mean rank
+            r[x == v] = r[x == v].mean()
+        return r
+
+    ra, rb = ranks(a), ranks(b)
+    if ra.std() == 0 or rb.std() == 0:
+        return None
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def diagnostics_text(numbers, analysis, diagnostics, num_layers) -> str:
+    """The per-layer diagnostics training logs, set against what the sweep finds."""
+    parts = []
+    cos = numbers.get("projector_cosine")
+    if cos and "projected" in analysis:
+        a = analysis["projected"]
+        rho_k = spearman(cos["keys"], a["kl_drop_alone"])
+        rho_v = spearman(cos["values"], a["kl_drop_alone"])
+        table = markdown_table(
+            ["target layer", "key cosine", "value cosine", "KL drop alone", "KL rise withheld"],
+            [[x, fmt(cos["keys"][x]), fmt(cos["values"][x]), fmt(a["kl_drop_alone"][x]), fmt(a["kl_rise_withheld"][x])]
+             for x in range(num_layers)],
+        )  # fmt: skip
+        parts.append(
+            "Training logs the cosine between the projected and the target's own keys and values per layer "
+            "(`layers/val_cos_keys/NN`, `layers/val_cos_values/NN`); recomputed here on these examples "
+            "(`kvproj.losses.reconstruction`, RoPE applied, aligned positions):\n\n" + table + "\n"
+            f"Rank correlation over layers of the cosine with the KL drop when the layer is transferred alone: keys "
+            f"{fmt(rho_k, 2)}, values {fmt(rho_v, 2)} (a high cosine need not mean the layer matters: the sweep "
+            "measures use, the cosine measures likeness)."
+        )
+    if diagnostics:
+        parts.append("The projector reports: " + ", ".join(f"{k} {fmt(v)}" for k, v in diagnostics.items()) + ".")
+    else:
+        parts.append("This projector architecture has no per-layer diagnostics of its own (gate values).")
+    return "\n\n".join(parts)
 
 
 def finding(numbers, analysis, num_layers) -> str:

@@ -97,22 +97,27 @@ def token_mask(
     return mask.to(kv.attention_mask.device)
 
 
-def mix(transferred: KVCache, donor: KVCache, selection: Selection, tokens: torch.Tensor) -> KVCache:
-    """`transferred` where `selection` (with its token mask [B, T]) says so, `donor` elsewhere."""
+def mix(
+    transferred: KVCache, donor: KVCache, selection: Selection, tokens: torch.Tensor, head_len: int
+) -> KVCache:
+    """`transferred` where `selection` (with its token mask [B, T]) says so, `donor` elsewhere. The head slots
+    (the first `head_len` real tokens: target-native and the same for every example) always come from
+    `transferred`, so that selecting every context token gives `transferred` exactly."""
     g = transferred.num_layers
     layers = set(range(g) if selection.layers is None else selection.layers)
     h = transferred.keys[0].shape[1]
     heads = torch.zeros(h, dtype=torch.bool, device=tokens.device)
     heads[list(range(h)) if selection.heads is None else list(selection.heads)] = True
-    take = heads[None, :, None, None] & tokens[:, None, :, None]  # [B, H, T, 1]
+    b, t = tokens.shape
+    real = transferred.attention_mask.long().sum(1)
+    slot = torch.arange(t, device=tokens.device)[None, :]
+    head = (slot < (t - real + head_len)[:, None])[:, None, :, None]  # [B, 1, T, 1]: head and padding
+    take = (heads[None, :, None, None] & tokens[:, None, :, None]) | head  # [B, H, T, 1]
     keys, values = [], []
     for layer in range(g):
-        if layer not in layers:
-            keys.append(donor.keys[layer])
-            values.append(donor.values[layer])
-        else:
-            keys.append(torch.where(take, transferred.keys[layer], donor.keys[layer]))
-            values.append(torch.where(take, transferred.values[layer], donor.values[layer]))
+        chosen = take if layer in layers else head
+        keys.append(torch.where(chosen, transferred.keys[layer], donor.keys[layer]))
+        values.append(torch.where(chosen, transferred.values[layer], donor.values[layer]))
     return replace(transferred, keys=keys, values=values)
 
 

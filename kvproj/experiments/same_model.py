@@ -147,8 +147,15 @@ def measure(sender, receiver, ids: torch.Tensor, new_tokens: int, store_dtype: s
     got = _logits(receiver.model, forward_with_cache(receiver.model, loaded, cont, return_hidden=True))
     in_memory = _logits(receiver.model, forward_with_cache(receiver.model, kv, cont, return_hidden=True))
     kl = (F.softmax(ref_logits, -1) * (F.log_softmax(ref_logits, -1) - F.log_softmax(got, -1))).sum(-1)
-    _, prefill_ms = _timed(read_cache, receiver.model, prefix.to(dev), geometry=receiver.geometry)
+    # the floor for this receiver: its OWN cache of the prefix, injected, against its re-prefill (what a
+    # cache in this dtype differs by from one long prefill even without any transfer)
+    own, prefill_ms = _timed(read_cache, receiver.model, prefix.to(dev), geometry=receiver.geometry)
+    own_tokens = generate_with_cache(receiver.model, own, last.to(dev), max_new_tokens=new_tokens)
+    own_logits = _logits(receiver.model, forward_with_cache(receiver.model, own, cont, return_hidden=True))
+    m = min(reference.shape[1], own_tokens.shape[1])
     return {
+        "own_cache_max_logit_diff": float((own_logits - ref_logits).abs().max()),
+        "own_cache_agreement": float((reference[0, :m] == own_tokens[0, :m]).float().mean()),
         "max_logit_diff": float((got - ref_logits).abs().max()),
         "kl": float(kl.mean()),
         "greedy_agreement": float(agree.mean()),
@@ -176,7 +183,14 @@ def load_receiver(spec: ModelSpec, receiver: str):
     return loaded, None
 
 
-METRICS = ("max_logit_diff", "kl", "greedy_agreement", "file_roundtrip_max_diff")
+METRICS = (
+    "max_logit_diff",
+    "kl",
+    "greedy_agreement",
+    "file_roundtrip_max_diff",
+    "own_cache_max_logit_diff",
+    "own_cache_agreement",
+)
 TIMES = ("load_ms", "prefill_ms")
 
 
@@ -245,7 +259,9 @@ def build_report(s: Settings, numbers, timing, skipped, run_: Run, command: str)
         f"its cache of the first L-1 tokens is written to a file (`kvproj.cache_file`, stored as "
         f"{s.store_dtype or 'the sender dtype'}) and loaded into a separately loaded receiving instance, which "
         f"then reads the last prompt token and generates {s.new_tokens} greedy tokens. The control is the "
-        "receiver re-reading the whole prompt itself. Logit difference and KL(re-prefill || transferred) are over "
+        "receiver re-reading the whole prompt itself. The floor of each receiver ('own cache' columns) is its own "
+        "cache of the same prefix, injected the same way: what any cache in that dtype differs by from one long "
+        "prefill, with no transfer at all. Logit difference and KL(re-prefill || transferred) are over "
         f"the {s.new_tokens} teacher-forced positions of the receiver's own continuation; agreement is the share of "
         f"the {s.new_tokens} generated tokens equal position by position. {s.n_prompts} prompts per length.",
     )
@@ -283,7 +299,8 @@ def build_report(s: Settings, numbers, timing, skipped, run_: Run, command: str)
             rows.append([r, n, fmt(v["file_roundtrip_max_diff"]["mean"], 2, "g"),
                          fmt_stat(v["max_logit_diff"], 2, "g"), fmt_stat(v["kl"], 2, "g"),
                          fmt_stat(v["greedy_agreement"], 3), v["first_divergence_min"],
-                         fmt(t["load_ms"]["mean"], 1), fmt(t["prefill_ms"]["mean"], 1),
+                         fmt(v["own_cache_max_logit_diff"]["mean"], 2, "g"),
+                         fmt(v["own_cache_agreement"]["mean"], 3), fmt(t["load_ms"]["mean"], 1), fmt(t["prefill_ms"]["mean"], 1),
                          fmt(t["file_mb"], 2)])  # fmt: skip
     report.section(
         "Numbers",
@@ -296,6 +313,8 @@ def build_report(s: Settings, numbers, timing, skipped, run_: Run, command: str)
                 "KL",
                 "greedy agreement",
                 "earliest divergence",
+                "own cache: max logit diff",
+                "own cache: agreement",
                 "load ms",
                 "re-prefill ms",
                 "file MB",
@@ -336,7 +355,10 @@ def finding(s: Settings, numbers, timing, skipped) -> str:
             f"- receiver {r}: the file round trip changes logits by at most {rt:.3g} (0 = bit-exact); at "
             f"L={longest} the max logit difference to re-prefill is {fmt_stat(v['max_logit_diff'], 2, 'g')}, KL "
             f"{fmt_stat(v['kl'], 2, 'g')}, greedy agreement {fmt_stat(v['greedy_agreement'])}; loading took "
-            f"{fmt(t['load_ms']['mean'], 1)} ms against {fmt(t['prefill_ms']['mean'], 1)} ms to re-prefill."
+            f"{fmt(t['load_ms']['mean'], 1)} ms against {fmt(t['prefill_ms']['mean'], 1)} ms to re-prefill. "
+            f"Its own cache, injected the same way, differs from re-prefill by "
+            f"{fmt(v['own_cache_max_logit_diff']['mean'], 2, 'g')} (agreement "
+            f"{fmt(v['own_cache_agreement']['mean'], 3)}): the floor of any cache in {r}."
         )
     for r, why in skipped.items():
         lines.append(f"- receiver {r}: skipped ({why}).")

@@ -9,7 +9,6 @@ over the donor cache of another example (`kvproj.experiments.mixing`). Scored wi
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +25,7 @@ from kvproj.experiments.mixing import (
     mix,
     token_mask,
 )
+from kvproj.losses import reconstruction
 
 log = logging.getLogger(__name__)
 METRICS = ("exact_match", "answer_nll", "kl_to_oracle")
@@ -137,11 +137,15 @@ def score_batch(
     }
     for source in SOURCES if s.reference else SOURCES[:1]:
         kv = transferred[source]()
+        if source == "projected":  # the per-layer cosines training logs (layers/val_cos_*), on these examples
+            valid = batch["target_prefix_mask"].bool() & (batch["align_index"] >= 0)
+            _, cos_k, cos_v = reconstruction(kv, scorer.oracle_cache, valid)
+            out["cosine"] = {"keys": cos_k, "values": cos_v, "n": len(raw)}
         donor = donor_cache(kv, perm, head_len)
         out[source] = {}
         for cname, sel in selections.items():
             tokens = token_mask(sel, kv, head_len, spans)
-            scored = scorer.score(mix(kv, donor, sel, tokens))
+            scored = scorer.score(mix(kv, donor, sel, tokens, head_len))
             scored.byte_fraction = byte_fraction(sel, kv.geometry, tokens, kv, head_len)
             out[source][cname] = scored.to_dict()
     return out
@@ -178,7 +182,14 @@ def run_sweep(
         for source in SOURCES:
             for cname, scored in u.get(source, {}).items():
                 add(source, cname, scored, u["ids"], group)
+    cos = [units[k]["cosine"] for k in keys if "cosine" in units[k]]
     numbers: dict[str, Any] = {}
+    if cos:  # example-weighted mean per layer over batches
+        total = sum(c["n"] for c in cos)
+        numbers["projector_cosine"] = {
+            part: [sum(c[part][x] * c["n"] for c in cos) / total for x in range(len(cos[0][part]))]
+            for part in ("keys", "values")
+        }
     for source, conds in collected.items():
         numbers[source] = {}
         for cname, values in conds.items():
@@ -207,8 +218,3 @@ def transfer_record(trained, config: dict[str, Any]) -> dict[str, Any]:
 def mean_of(numbers: dict[str, Any], source: str, cname: str, metric: str) -> float | None:
     entry = numbers.get(source, {}).get(cname, {}).get(metric)
     return entry["mean"] if entry else None
-
-
-def best_metric(s: FactsSweepSettings) -> tuple[str, str, Callable[[float], float]]:
-    """The metric that ranks conditions: KL to the oracle (lower is better), sign to sort by."""
-    return "kl_to_oracle", "KL to oracle (lower is better)", lambda v: v
