@@ -3,6 +3,12 @@
 Each experiment is one module with a typed `Settings` dataclass (its options: the shared ones of
 `common.ExperimentSettings` plus its own, documented in its docstring, so `--help` lists them) and
 `run(settings, command) -> results`. Outputs go to `OUTPUT_DIR/NAME/RUN/` (see `kvproj.experiments.common`).
+
+Adding an experiment: a module whose `Settings` subclasses `common.ExperimentSettings` (its docstring's Args become
+`--help`) and whose `run` does `Run(NAME, settings)`: `check()` before loading models, `start()`, `units(keys,
+compute)` for the resumable work (plain JSON per unit), `stat` for every number (bootstrap 95% CI), `line_plot` /
+`heatmap` for the PNGs, a `Report`, and `finish(numbers, models, report, generations, extra)`; then an entry in
+EXPERIMENTS below and configs/experiments/NAME.yaml + NAME-smoke.yaml.
 """
 
 from __future__ import annotations

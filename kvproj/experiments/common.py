@@ -45,6 +45,7 @@ RESULTS, SETTINGS, UNITS, GENERATIONS, REPORT = (
     "generations.jsonl",
     "report.md",
 )
+UNIT_SECONDS = "unit_seconds"
 # settings that change where or whether a run is written, not what it computes
 NOT_COMPARED = ("overwrite", "output_dir", "run")
 
@@ -183,6 +184,7 @@ class Run:
         self.folder = Path(settings.output_dir) / experiment / settings.run
         self.started = time.perf_counter()
         self.resumed_units = 0
+        self.unit_seconds = 0.0  # compute time of every unit, this attempt's and earlier attempts' alike
 
     # -- starting
     def check(self) -> None:
@@ -236,10 +238,17 @@ class Run:
         and written there (plain JSON: a resumed run gives the same numbers as an uninterrupted one)."""
         path = self.folder / UNITS / f"{safe_name(key)}.json"
         if path.exists():
-            return json.loads(path.read_text())
-        value = jsonable(compute())
-        atomic_write(path, json.dumps(value) + "\n")
-        return json.loads(json.dumps(value))  # exactly what a resumed run reads back
+            value = json.loads(path.read_text())
+        else:
+            start = time.perf_counter()
+            value = jsonable(compute())
+            if isinstance(value, dict):  # the compute time of the unit, summed in results.json
+                value[UNIT_SECONDS] = round(time.perf_counter() - start, 3)
+            atomic_write(path, json.dumps(value) + "\n")
+            value = json.loads(json.dumps(value))  # exactly what a resumed run reads back
+        if isinstance(value, dict):
+            self.unit_seconds += value.pop(UNIT_SECONDS, 0.0)
+        return value
 
     def units(self, keys: Sequence[str], compute: Callable[[str], dict[str, Any]], label: str) -> dict[str, Any]:
         """Every unit of `keys` (finished ones skipped), with a progress display."""
@@ -273,6 +282,7 @@ class Run:
             **jsonable(extra or {}),
             "numbers": jsonable(numbers),
             "wall_seconds": round(time.perf_counter() - self.started, 1),
+            "unit_seconds": round(self.unit_seconds, 1),
             "resumed_units": self.resumed_units,
         }
         if generations is not None:
@@ -428,7 +438,12 @@ class Report:
             f"Run `{results['run']}` of `{results['experiment']}`: kvproj {results['kvproj_version']}, torch "
             f"{v['torch']}, transformers {v['transformers']}; models {models}; seed {results['settings']['seed']}; "
             f"{results['wall_seconds']:.0f} s wall"
-            + (f" (resumed, {results['resumed_units']} units read back)" if results["resumed_units"] else "")
+            + (
+                f" (resumed: {results['resumed_units']} units read back; all units together took "
+                f"{results['unit_seconds']:.0f} s to compute)"
+                if results["resumed_units"]
+                else ""
+            )
             + ".\n\n"
             f"Command: `{self.command}`\n\nEvery number is a mean with its percentile-bootstrap 95% CI "
             f"({results['settings']['bootstrap_resamples']} resamples over examples); all numbers are in "

@@ -32,7 +32,7 @@ from kvproj.experiments.common import (
     stat,
     stat_seed,
 )
-from kvproj.experiments.modes import INSTRUCTION_A, INSTRUCTION_B, mode_examples, score
+from kvproj.experiments.modes import INSTRUCTION_A, INSTRUCTION_B, first_token_logprobs, mode_examples, score
 from kvproj.experiments.same_model import as_spec
 from kvproj.models import ModelSpec, load_model
 from kvproj.pair import DEFAULT_QUESTION_TEMPLATE
@@ -199,11 +199,8 @@ def score_batch(s: Settings, loaded, prompts: Prompts, rows: list[dict], vectors
         caches[mode] = read_cache(loaded.model, batch[mode]["prefix_ids"], batch[mode]["prefix_mask"], geometry=g)
     q = batch["A"]["question_ids"], batch["A"]["question_mask"]
     out: dict[str, Any] = {"answerable": [r["answerable"] for r in rows]}
-    pure = {}
-    for mode in ("A", "B"):
-        scored, logprobs, gen = score(loaded.model, loaded.tokenizer, caches[mode], *q, rows, s.max_new_tokens)
-        pure[mode] = logprobs
-    conditions: dict[str, KVCache] = {}
+    pure = {mode: first_token_logprobs(loaded.model, caches[mode], *q) for mode in ("A", "B")}
+    conditions: dict[str, KVCache] = {"pure A": caches["A"], "pure B": caches["B"]}
     for alpha in s.alphas:
         conditions[f"global alpha={alpha:g}"] = blend(caches["A"], caches["B"], alpha)
         for name, layers in groups(g.num_layers, s.layer_groups).items():
@@ -287,19 +284,20 @@ def build_report(s: Settings, numbers, loaded, run_: Run, command: str, n_rows: 
     png = line_plot(run_.path("steering.png"), series, title="steering the neutral cache towards A",
                     xlabel="coefficient c", ylabel="rate")  # fmt: skip
     report.plot("Steering", png, "Behaviour rates of the neutral cache plus c times the mean A - B difference.")
-    rows = [[c] + [fmt_stat(numbers[c][m], 2) for m in METRICS] for c in numbers]
+    rows = [[c] + [fmt_stat(numbers[c][m], 2, "g" if m.startswith(("kl", "first")) else "f") for m in METRICS]
+            for c in numbers]  # fmt: skip
     report.section("Numbers", markdown_table(["condition", *METRICS], rows))
-    a, b = numbers[f"global alpha={max(s.alphas):g}"], numbers[f"global alpha={min(s.alphas):g}"]
+    a, b = numbers["pure A"], numbers["pure B"]
     report.section(
         "Finding",
-        f"- Pure mode A (alpha={max(s.alphas):g}): accuracy {fmt_stat(a['accuracy'], 2)}, 'unknown' on "
+        f"- Pure mode A: accuracy {fmt_stat(a['accuracy'], 2)}, 'unknown' on "
         f"unanswerable {fmt_stat(a['unknown_rate'], 2)}, fabricated {fmt_stat(a['fabricated_rate'], 2)}. Pure mode "
-        f"B (alpha={min(s.alphas):g}): accuracy {fmt_stat(b['accuracy'], 2)}, 'unknown' "
+        f"B: accuracy {fmt_stat(b['accuracy'], 2)}, 'unknown' "
         f"{fmt_stat(b['unknown_rate'], 2)}, fabricated {fmt_stat(b['fabricated_rate'], 2)}.\n"
         + "\n".join(
             f"- global alpha={al:g}: 'unknown' {fmt_stat(numbers[f'global alpha={al:g}']['unknown_rate'], 2)}, "
-            f"KL to A {fmt_stat(numbers[f'global alpha={al:g}']['kl_to_A'], 3)}, KL to B "
-            f"{fmt_stat(numbers[f'global alpha={al:g}']['kl_to_B'], 3)}"
+            f"KL to A {fmt_stat(numbers[f'global alpha={al:g}']['kl_to_A'], 2, 'g')}, KL to B "
+            f"{fmt_stat(numbers[f'global alpha={al:g}']['kl_to_B'], 2, 'g')}"
             for al in s.alphas
         )
         + "\n- Whether the behaviour moves monotonically with alpha, and which layer group moves it most, is read "

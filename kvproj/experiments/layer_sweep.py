@@ -211,7 +211,8 @@ def diagnostics_text(numbers, analysis, diagnostics, num_layers) -> str:
         rho_v = spearman(cos["values"], a["kl_drop_alone"])
         table = markdown_table(
             ["target layer", "key cosine", "value cosine", "KL drop alone", "KL rise withheld"],
-            [[x, fmt(cos["keys"][x]), fmt(cos["values"][x]), fmt(a["kl_drop_alone"][x]), fmt(a["kl_rise_withheld"][x])]
+            [[x, fmt(cos["keys"][x]), fmt(cos["values"][x]), fmt(a["kl_drop_alone"][x], 3, "g"),
+              fmt(a["kl_rise_withheld"][x], 3, "g")]
              for x in range(num_layers)],
         )  # fmt: skip
         parts.append(

@@ -170,7 +170,8 @@ def build_report(s: Settings, numbers, gaps, run_: Run, command: str, trained, n
         "through the projector at " + str(trained.directory) + "), `shuffled` (the projected cache of another "
         "prompt of the same mode: the control), `source_text` (the source itself answering).",
     )
-    rows = [[c] + [fmt_stat(numbers[c][m], 2) for m in METRICS] for c in numbers]
+    rows = [[c] + [fmt_stat(numbers[c][m], 2, "g" if m.startswith(("kl", "first")) else "f") for m in METRICS]
+            for c in numbers]  # fmt: skip
     report.section("Numbers", markdown_table(["condition", *METRICS], rows))
     series = []
     for m in ("unknown_rate", "fabricated_rate", "accuracy"):

@@ -360,6 +360,21 @@ def finding(s: Settings, numbers, timing, skipped) -> str:
             f"{fmt(v['own_cache_max_logit_diff']['mean'], 2, 'g')} (agreement "
             f"{fmt(v['own_cache_agreement']['mean'], 3)}): the floor of any cache in {r}."
         )
+    for r, per in numbers.items():
+        worse = [
+            n for n in s.context_lengths
+            if per[str(n)]["max_logit_diff"]["ci95"][0] > 1.5 * per[str(n)]["own_cache_max_logit_diff"]["mean"]
+            or per[str(n)]["greedy_agreement"]["ci95"][1] < per[str(n)]["own_cache_agreement"]["mean"]
+        ]  # fmt: skip
+        lines.append(
+            f"- receiver {r}, transferred vs its own cache: "
+            + (
+                "at every length the transferred cache is within the receiver's own floor (max logit difference "
+                "below 1.5x the floor, agreement CI reaching the floor's): the transfer adds no error of its own."
+                if not worse
+                else f"the transferred cache is worse than the receiver's own at L = {worse}."
+            )
+        )
     for r, why in skipped.items():
         lines.append(f"- receiver {r}: skipped ({why}).")
     return "\n".join(lines)
