@@ -439,8 +439,12 @@ class Report:
             f"{v['torch']}, transformers {v['transformers']}; models {models}; seed {results['settings']['seed']}; "
             f"{results['wall_seconds']:.0f} s wall"
             + (
-                f" (resumed: {results['resumed_units']} units read back; all units together took "
-                f"{results['unit_seconds']:.0f} s to compute)"
+                f" (resumed: {results['resumed_units']} units read back"
+                + (
+                    f"; all units together took {results['unit_seconds']:.0f} s to compute)"
+                    if results["unit_seconds"]
+                    else ")"
+                )
                 if results["resumed_units"]
                 else ""
             )

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from kvproj.adapters.heads import logits_from_hidden
 from kvproj.cache import forward_with_cache, generate_from_ids, generate_with_cache, hidden_states, read_cache
-from kvproj.cache_file import load_cache, save_cache
+from kvproj.cache_file import load_cache, save_cache, tokenizer_hash
 from kvproj.experiments.common import (
     ExperimentSettings,
     Report,
@@ -175,6 +175,7 @@ def load_receiver(spec: ModelSpec, receiver: str):
     rspec = receiver_spec(spec, receiver)
     try:
         loaded = load_model(rspec)
+        tokenizer_hash(loaded.tokenizer)  # once per receiver, as a long-lived process would: not in load times
         probe = torch.tensor([[loaded.tokenizer.bos_token_id or 0] * 4]).to(loaded.device)
         read_cache(loaded.model, probe, geometry=loaded.geometry)
     except Exception as err:  # noqa: BLE001 - any failure to load or run here is the reason it is skipped
@@ -339,7 +340,13 @@ def build_report(s: Settings, numbers, timing, skipped, run_: Run, command: str)
         "- Times are wall clock on this machine (shared with other work), one measurement per prompt; a GPU, a "
         "faster disk, or a page cache that is cold changes them. The file size grows linearly with L.\n"
         f"- {s.n_prompts} prompts per length from one synthetic text source; prompts of another kind (code, chat) "
-        "were not measured.",
+        "were not measured.\n"
+        + (
+            f"- Receivers not in this run's settings ({', '.join(r for r in RECEIVERS if r not in s.receivers)}) were "
+            "not measured here; add them with --receivers (8bit / 4bit need a device where bitsandbytes runs)."
+            if set(RECEIVERS) - set(s.receivers)
+            else ""
+        ),
     )
     return report
 
