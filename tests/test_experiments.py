@@ -4,6 +4,7 @@ experiment's smoke config end to end on tiny models, with planted structure whos
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import replace
 from pathlib import Path
 
@@ -96,6 +97,16 @@ def test_help_lists_the_options(capsys):
     for option in ("--projector", "--k_fractions", "--overwrite", "--seed", "--run", "--limit"):
         assert option in out
     assert main(["no-such-experiment"]) == 2
+
+
+def test_a_missing_projector_says_how_to_make_one(tmp_path, caplog):
+    logging.getLogger("kvproj").addHandler(caplog.handler)  # kvproj's logger may not propagate (cli setup)
+    args = ["--config", str(CONFIGS / "layer-sweep-smoke.yaml"), "--output_dir", str(tmp_path)]
+    assert main(["layer-sweep", *args, "--projector", str(tmp_path / "none")]) == 2
+    assert "python -m kvproj fit" in caplog.text
+    assert main(["layer-sweep", *args, "--limit", "1"]) == 2  # checked before anything is loaded
+    assert not (tmp_path / "layer-sweep").exists()
+    logging.getLogger("kvproj").removeHandler(caplog.handler)
 
 
 # ------------------------------------------------------------------------------------------------ projector sweeps

@@ -337,8 +337,10 @@ def build_report(s: Settings, numbers, timing, skipped, run_: Run, command: str)
         "- Differences against re-prefill come from different matmul shapes (one long prefill vs prefix + "
         "continuation) and, for other dtypes, from the sender's float32 cache replacing the receiver's own "
         "lower-precision cache; they are not errors of the file, whose own round trip is the column above.\n"
-        "- Times are wall clock on this machine (shared with other work), one measurement per prompt; a GPU, a "
-        "faster disk, or a page cache that is cold changes them. The file size grows linearly with L.\n"
+        "- Times are wall clock on this machine (shared with other work), one measurement per prompt. The file is "
+        "read right after it was written, from the page cache (memory speed); a cold read from disk costs about "
+        "its size over the disk's bandwidth (90 MB at 500 MB/s: 0.18 s), and sending it over a network its size "
+        "over the link's. A GPU re-prefills much faster than these CPU figures. The file grows linearly with L.\n"
         f"- {s.n_prompts} prompts per length from one synthetic text source; prompts of another kind (code, chat) "
         "were not measured.\n"
         + (
