@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from kvproj.cache import KVCache, read_cache
-from kvproj.data.pairs import mask_rows, pad_rows
+from kvproj.data.pairs import SideFormat, mask_rows, pad_rows
 from kvproj.experiments.common import (
     ExperimentSettings,
     Report,
@@ -52,6 +52,8 @@ class Settings(ExperimentSettings):
         instruction_a: Mode A's instruction, before the context.
         instruction_b: Mode B's instruction.
         neutral_instruction: The instruction of the cache that steering vectors are added to.
+        chat_template: Wrap instruction + context + question in the model's chat template (one user turn; instruct
+            models follow instructions there); false: plain "context\\nQuestion: ...\\nAnswer:".
         n_questions: Answerable facts questions (facts test split); as many unanswerable ones are made from them.
         n_contrastive: Prompts (facts val split) whose A - B cache differences make the steering vectors.
         alphas: Blend weights of mode A.
@@ -65,6 +67,7 @@ class Settings(ExperimentSettings):
     instruction_a: str = INSTRUCTION_A
     instruction_b: str = INSTRUCTION_B
     neutral_instruction: str = "Read the text below and answer the question."
+    chat_template: bool = True
     n_questions: int = 24
     n_contrastive: int = 16
     alphas: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -92,21 +95,22 @@ class Settings(ExperimentSettings):
 
 # ------------------------------------------------------------------------------------------------ prompts
 class Prompts:
-    """Token ids of `head + instruction (+ filler) + "\\n\\n" + context` and of the question, per mode; the
-    instructions of A and B are padded with filler tokens to the same length, so their caches share positions."""
+    """Token ids of `head + instruction (+ filler) + "\\n\\n" + context` and of the question part, per mode, in the
+    model's plain or chat format (`kvproj.data.pairs.SideFormat`: with the chat template, head = the template's
+    opening, the question part = the rest of the user turn + the assistant opening). The instructions of A and B
+    are padded with filler tokens to the same length, so their caches share every position."""
 
-    def __init__(self, loaded, instructions: dict[str, str]) -> None:
+    def __init__(self, loaded, instructions: dict[str, str], chat_template: bool) -> None:
         tok = loaded.tokenizer
         self.tok = tok
-        self.head = [tok.bos_token_id] if tok.bos_token_id is not None else []
+        fmt_ = SideFormat.build(tok, chat_template, DEFAULT_QUESTION_TEMPLATE)
+        self.head, self.before, self.after = list(fmt_.head_ids), fmt_.middle, fmt_.tail
         ids = {k: tok(v, add_special_tokens=False).input_ids for k, v in instructions.items()}
         filler = tok(FILLER, add_special_tokens=False).input_ids[-1:]
         longest = max(len(ids["A"]), len(ids["B"]))
         for k in ("A", "B"):
             ids[k] = ids[k] + filler * (longest - len(ids[k]))
         self.instruction_ids = ids
-        before, after = DEFAULT_QUESTION_TEMPLATE.split("{question}")
-        self.before, self.after = before, after
 
     def batch(self, rows: list[dict], mode: str, device) -> dict[str, torch.Tensor]:
         prefix = [self.head + self.instruction_ids[mode] + self.tok("\n\n" + r["context"], add_special_tokens=False)
@@ -219,7 +223,9 @@ def run(settings: Settings, command: str = NAME) -> dict[str, Any]:
     run_.check()
     loaded = load_model(s.model)
     run_.start()
-    prompts = Prompts(loaded, {"A": s.instruction_a, "B": s.instruction_b, "neutral": s.neutral_instruction})
+    prompts = Prompts(
+        loaded, {"A": s.instruction_a, "B": s.instruction_b, "neutral": s.neutral_instruction}, s.chat_template
+    )
     rows = mode_examples(s.n_questions, s.seed, "test")
     contrast = [r for r in mode_examples(s.n_contrastive, s.seed, "val") if r["answerable"]]
     vectors = run_.unit("steering_vectors", lambda: steering_vectors(loaded, prompts, contrast, s.batch_size))
@@ -308,7 +314,7 @@ def build_report(s: Settings, numbers, loaded, run_: Run, command: str, n_rows: 
         "- Blending two caches makes states the model never produced; a change in behaviour along alpha shows the "
         "cache carries the mode, not that the model represents modes linearly.\n"
         "- 'unknown' is detected as the word in the first answer line, and fabrication as any other non-empty "
-        "answer: refusals worded otherwise count as fabricated.\n"
+        "answer: refusals worded otherwise count as fabricated, an empty answer as neither.\n"
         "- The filler tokens that equalise the instruction lengths are part of both prompts; one instruction pair "
         f"was measured, with {n_rows} prompts and greedy answers of at most {s.max_new_tokens} tokens.",
     )

@@ -244,6 +244,18 @@ def finding(numbers, analysis, num_layers) -> str:
             + ", ".join(
                 f"layer {x}: {fmt(mean_of(numbers, source, f'all_but_{x}', 'kl_to_oracle'))}" for x in withheld
             )
-            + "."
+            + ". "
+            + separation(numbers, source, f"only_{top[0]}", "control")
         )
     return "\n".join(lines)
+
+
+def separation(numbers, source: str, a: str, b: str) -> str:
+    """Whether the 95% CIs of two conditions' KL to the oracle overlap, said plainly."""
+    x, y = numbers[source][a]["kl_to_oracle"], numbers[source][b]["kl_to_oracle"]
+    if not x["ci95"] or not y["ci95"]:
+        return ""
+    apart = x["ci95"][1] < y["ci95"][0] or y["ci95"][1] < x["ci95"][0]
+    return f"`{a}` {fmt_stat(x)} vs `{b}` {fmt_stat(y)}: " + (
+        "the CIs are apart." if apart else "the CIs overlap, so this ranking is not established at this n."
+    )

@@ -198,6 +198,6 @@ def build_report(s: Settings, numbers, gaps, run_: Run, command: str, trained, n
         "own gap is near zero it is undefined (shown as -).\n"
         "- The projector was trained on facts prompts without instructions; a mode that does not travel may be lost "
         "by the projector on instruction tokens rather than absent from the source cache.\n"
-        "- 'unknown' is matched as a word in the first answer line; other refusals count as fabricated.",
+        "- 'unknown' is matched as a word in the first answer line; other refusals count as fabricated, an empty answer as neither (the three rates need not sum to 1).",
     )
     return report

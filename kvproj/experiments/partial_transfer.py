@@ -153,6 +153,14 @@ def finding(numbers, families) -> str:
         control = mean_of(numbers, source, "control", "kl_to_oracle")
         if full is None or control is None or abs(control - full) < 1e-12:
             continue
+        x, y = numbers[source]["full"]["kl_to_oracle"]["ci95"], numbers[source]["control"]["kl_to_oracle"]["ci95"]
+        if x and y and not (x[1] < y[0] or y[1] < x[0]):
+            lines.append(
+                f"- {source}: the full transfer (KL to oracle {fmt(full)}) is not distinguishable from the shuffled "
+                f"control ({fmt(control)}) at this n (their 95% CIs overlap): there is no transferred information "
+                "to split, and the subsets below say nothing."
+            )
+            continue
         recovered = []
         for name, (fam, _) in families.items():
             if fam == "reference":
