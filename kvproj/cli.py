@@ -1,4 +1,5 @@
-"""Command line: `python -m kvproj {fit,validate,test,predict,evaluate,zoo,doctor,plan}`. Wiring only, no logic.
+"""Command line: `python -m kvproj {fit,validate,test,predict,evaluate,zoo,doctor,plan,experiment}`. Wiring only,
+no logic.
 
 `fit`/`validate`/`test`/`predict` are a LightningCLI (kvproj/training.py). `evaluate`, `doctor`, `plan` and `zoo ...` are
 plain functions: jsonargparse turns each one's typed signature and Google-style docstring into its options and
@@ -32,6 +33,9 @@ usage: python -m kvproj COMMAND ...
                                                       versions, devices, exactness checks
   plan [--config RUN] [--gpu NAME ...] [--json] [--measure N] [--study FILE]
                                                       peak memory, step time, cloud cost (offline)
+  experiment NAME [--config configs/experiments/NAME.yaml]
+                                                      run an experiment (same-model, layer-sweep,
+                                                      partial-transfer, interpolation, mode-transfer)
   (each command takes --help)
 """
 # configs/ of the repository, shipped inside the package (kvproj/configs links to it; a wheel holds copies)
@@ -305,6 +309,10 @@ def main(argv: list[str] | None = None) -> int:
         from kvproj.plan import plan
 
         return run_command(plan, rest, "python -m kvproj plan")
+    if command == "experiment":
+        from kvproj.experiments import main as experiment_main
+
+        return experiment_main(rest)
     if command in LIGHTNING_COMMANDS:
         return lightning_main(argv)
     if command in ("-h", "--help"):

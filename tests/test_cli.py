@@ -40,7 +40,7 @@ def test_usage_names_every_command(cli):
     code, out, err = cli()
     assert code == 2 and out == ""
     for command in ("fit", "validate", "test", "predict", "evaluate", "zoo list", "zoo install", "zoo path",
-                    "zoo requirements", "doctor", "--help"):  # fmt: skip
+                    "zoo requirements", "doctor", "experiment", "--help"):  # fmt: skip
         assert command in err
     code, _, err = cli("train")
     assert code == 2 and "unknown command 'train'" in err and "zoo requirements" in err

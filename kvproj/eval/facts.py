@@ -99,6 +99,46 @@ def _answer_scores(model, hidden: torch.Tensor, labels: torch.Tensor):
     return nll / count.clamp_min(1), logits, example
 
 
+@torch.no_grad()
+def score_prefix(
+    pair: FrozenPair,
+    batch: dict[str, Any],
+    prefix: KVCache | None,
+    *,
+    max_new_tokens: int = 16,
+    generate: bool = True,
+    oracle_logits: torch.Tensor | None = None,
+) -> dict[str, Any]:
+    """What the target does after any prefix cache, scored as the facts task scores its conditions (for
+    experiments that build their own prefixes): greedy answers after the batch's questions (if `generate`), mean
+    answer NLL per example, KL(oracle || this) per example when the oracle's answer-position logits are given.
+
+    Returns {"generated": [str] or None, "answer_nll": [float], "kl_to_oracle": [float] or [None],
+    "logits": answer-position logits [N, V] (pass the oracle's as `oracle_logits`)}.
+    """
+    model, tok = pair.target.model, pair.target.tokenizer
+    generated = None
+    if generate:
+        if prefix is None:
+            new = generate_from_ids(model, batch["question_ids"], batch["question_mask"],
+                                    max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id)  # fmt: skip
+        else:
+            new = generate_with_cache(
+                model, prefix, batch["question_ids"], batch["question_mask"], max_new_tokens=max_new_tokens
+            )
+        generated = tok.batch_decode(new, skip_special_tokens=True)
+    if prefix is None:
+        hidden = hidden_states(model, batch["continuation_ids"], batch["continuation_mask"])
+    else:
+        hidden = forward_with_cache(
+            model, prefix, batch["continuation_ids"], batch["continuation_mask"], return_hidden=True
+        )
+    nll, logits, _ = _answer_scores(model, hidden, batch["labels"])
+    b = batch["labels"].shape[0]
+    kl = _kl_per_example(logits, oracle_logits, batch["labels"]) if oracle_logits is not None else [None] * b
+    return {"generated": generated, "answer_nll": nll.tolist(), "kl_to_oracle": kl, "logits": logits}
+
+
 class FactsEvaluator:
     """Runs the facts task for one pair and projector.
 
