@@ -72,6 +72,30 @@ def option_values(argv: list[str], names: tuple[str, ...]) -> tuple[list[str], l
     return out, at
 
 
+def resolve_projector(argv: list[str]) -> list[str]:
+    """`--model.projector NAME` with NAME an architecture (`lowrank`) or a config class (`LowRankConfig`) becomes
+    the class path the parser takes; any other bare name fails with the valid choices (jsonargparse's own message
+    lists none). Class paths, files and inline YAML/JSON pass through unchanged."""
+    from kvproj.projectors import ARCHITECTURES
+
+    argv, at = option_values(argv, ("--model.projector",))
+    by_name = {name: cls for name, cls in ARCHITECTURES.items()}
+    by_name.update({cls.__name__: cls for cls in ARCHITECTURES.values()})
+    for i in at:
+        value = argv[i]
+        if "." in value or "/" in value or value.lstrip().startswith(("{", "[")) or Path(value).exists():
+            continue
+        cls = by_name.get(value)
+        if cls is None:
+            valid = ", ".join(f"{name} ({c.__name__})" for name, c in sorted(ARCHITECTURES.items()))
+            raise ValueError(
+                f"model.projector: got {value!r}; valid: {valid}, or a class path such as "
+                "kvproj.projectors.LowRankConfig (settings: --model.projector.rank 64 after it)"
+            )
+        argv[i] = f"kvproj.projectors.{cls.__name__}"
+    return argv
+
+
 def resolve_configs(argv: list[str]) -> list[str]:
     """`--config NAME` that is not a file but names a shipped config (`--config smoke`) becomes that file; no
     `--config` at all means the shipped default run. Fails with a message if neither exists."""
@@ -264,7 +288,8 @@ def zoo_main(argv: list[str]) -> int:
 def lightning_main(argv: list[str]) -> int:
     try:
         argv = resolve_configs(argv)  # no --config: the offline default run (SmolLM2-135M -> Gemma-3-270m)
-    except FileNotFoundError as err:  # before Lightning is imported: a mistyped --config fails at once
+        argv = resolve_projector(argv)
+    except (FileNotFoundError, ValueError) as err:  # before Lightning is imported: a typo fails at once
         logging.getLogger("kvproj").error("%s", err)
         return 2
     from kvproj.callbacks.checkpointing import CheckpointError, load_checkpoint_file

@@ -172,3 +172,20 @@ def test_zoo_commands(cli, monkeypatch, tmp_path):
     assert len(installed) == 3  # no name is installed when one is unknown
     code, _, err = cli("zoo", "path", "llama-7b")
     assert code == 2 and "valid names: smollm2-135m-instruct" in err
+
+
+def test_projector_by_architecture_name_and_bad_names_list_the_choices():
+    from kvproj.cli import resolve_projector
+
+    assert resolve_projector(["--model.projector", "lowrank", "--model.projector.rank", "8"]) == [
+        "--model.projector", "kvproj.projectors.LowRankConfig", "--model.projector.rank", "8",
+    ]  # fmt: skip
+    assert resolve_projector(["--model.projector=C2CConfig"]) == [
+        "--model.projector",
+        "kvproj.projectors.C2CConfig",
+    ]
+    kept = ["--model.projector", "kvproj.projectors.LinearConfig", "--trainer.max_steps", "3"]
+    assert resolve_projector(kept) == kept
+    with pytest.raises(ValueError, match=r"model.projector: got 'Bogus'; valid: c2c \(C2CConfig\), identity"):
+        resolve_projector(["--model.projector", "Bogus"])
+    assert main(["fit", "--config", "smoke", "--model.projector", "Bogus", "--print_config"]) == 2
