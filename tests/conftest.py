@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -19,6 +20,18 @@ from kvproj.models import TINY_FAMILIES, load_model  # noqa: E402
 FAMILIES = sorted(TINY_FAMILIES)
 ROOT = Path(__file__).resolve().parent.parent
 FAST = ["--trainer.max_steps", "12", "--run.checkpoint_every_n_steps", "4"]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_kvproj_logger():
+    """Each test starts with kvproj's logger as a new process has it: an in-process `main()` gives it a handler
+    on the sys.stderr of its moment (pytest's capture of that test), which must not outlive the test."""
+    logger = logging.getLogger("kvproj")
+    saved = list(logger.handlers), logger.level, logger.propagate
+    logger.handlers[:] = []
+    yield
+    logger.handlers[:], logger.propagate = saved[0], saved[2]
+    logger.setLevel(saved[1])
 
 
 @pytest.fixture(autouse=True)
