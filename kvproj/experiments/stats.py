@@ -117,7 +117,8 @@ def split_half(
     if not rs:
         return {"r": None, "spearman_brown": None, "splits": 0}
     r = float(np.mean(rs))
-    return {"r": r, "spearman_brown": 2 * r / (1 + r) if r > -1 else None, "splits": len(rs)}
+    # the Spearman-Brown step-up to the full number of runs is defined for a positive half-test correlation
+    return {"r": r, "spearman_brown": 2 * r / (1 + r) if r > 0 else None, "splits": len(rs)}
 
 
 def relative_depth(num_layers: int) -> list[float]:
