@@ -247,7 +247,7 @@ def transfer_test(s: Settings, rows: list[dict]) -> dict[str, Any]:
                 store["values"].append(f["values"])
     own = {k: np.asarray(v) for k, v in own.items()}
     projected = {k: np.asarray(v) for k, v in projected.items()}
-    perm = derangement(len(rows), stat_seed(s.seed, "transfer-shuffle"))
+    perm = np.asarray(derangement(len(rows), stat_seed(s.seed, "transfer-shuffle")))
     groups = [question_group(r) for r in rows]
     splits = folds(groups, s.cv_folds)
     n_layers = own["keys"].shape[1]
@@ -256,14 +256,18 @@ def transfer_test(s: Settings, rows: list[dict]) -> dict[str, Any]:
         xo = np.concatenate([own["keys"][:, layer], own["values"][:, layer]], 1)
         xp = np.concatenate([projected["keys"][:, layer], projected["values"][:, layer]], 1)
         seed = stat_seed(s.seed, "transfer", layer)
-        probe = fit_probe(xo, y, s.probe_c, seed)
-        positive = list(probe.classes_).index(1)
-        per_layer.append({
-            "own_cv": probe_auroc(xo, y, splits, s, f"transfer-own/{layer}"),
-            "own_in_sample": auroc(y, probe.predict_proba(xo)[:, positive], seed, s.bootstrap_resamples),
-            "projected": auroc(y, probe.predict_proba(xp)[:, positive], seed, s.bootstrap_resamples),
-            "shuffled": auroc(y, probe.predict_proba(xp[perm])[:, positive], seed, s.bootstrap_resamples),
-        })  # fmt: skip
+        scores = {k: np.zeros(len(y)) for k in ("own", "projected", "shuffled")}
+        for train, test in splits:  # out of fold: the probe never saw the prompts it scores, in either form
+            if len(set(y[train].tolist())) < 2:
+                for k in scores:
+                    scores[k][test] = float(y[train][0])
+                continue
+            probe = fit_probe(xo[train], y[train], s.probe_c, seed)
+            positive = list(probe.classes_).index(1)
+            scores["own"][test] = probe.predict_proba(xo[test])[:, positive]
+            scores["projected"][test] = probe.predict_proba(xp[test])[:, positive]
+            scores["shuffled"][test] = probe.predict_proba(xp[perm[test]])[:, positive]
+        per_layer.append({k: auroc(y, v, seed, s.bootstrap_resamples) for k, v in scores.items()})
     return {"source": pair.source.spec.name, "target": pair.target.spec.name, "layers": per_layer,
             "relative_depth": relative_depth(n_layers)}  # fmt: skip
 
@@ -358,16 +362,17 @@ def build_report(s: Settings, numbers, transfer, depths, run_: Run, command: str
     if transfer:
         layers = transfer["layers"]
         series = [Series(k, transfer["relative_depth"], [x[k]["auroc"] for x in layers]) for k in
-                  ("own_cv", "projected", "shuffled")]  # fmt: skip
+                  ("own", "projected", "shuffled")]  # fmt: skip
         png = line_plot(run_.path("transfer.png"), series, title=f"probe of {transfer['target']} on projected caches",
                         xlabel="relative layer depth", ylabel="AUROC", references={"chance": 0.5})  # fmt: skip
-        best = max(range(len(layers)), key=lambda i: layers[i]["own_cv"]["auroc"] or 0.0)
+        best = max(range(len(layers)), key=lambda i: layers[i]["own"]["auroc"] or 0.0)
         report.plot(
             "Transfer to projected caches", png,
             f"A probe trained on {transfer['target']}'s own prefix caches (label by construction; the question is "
             f"stated before the context) applied to the caches projected from {transfer['source']} and to the "
-            f"shuffled control. At the layer where the own probe is best (L{best}): own (cross-validated) "
-            f"{auc_str(layers[best]['own_cv'])}, projected {auc_str(layers[best]['projected'])}, shuffled "
+            f"shuffled control (another prompt's projected cache), all scored out of fold (the probe never saw the "
+            f"prompts it scores). At the layer where the own probe is best (L{best}): own "
+            f"{auc_str(layers[best]['own'])}, projected {auc_str(layers[best]['projected'])}, shuffled "
             f"{auc_str(layers[best]['shuffled'])}.",
         )
     report.section(
