@@ -125,12 +125,16 @@ def token_rows(loaded, rows: list[dict], who: dict[str, dict[str, str]], relatio
 
 
 @torch.no_grad()
-def features(loaded, tokens: list[dict]) -> dict[str, np.ndarray]:
-    """Per token of every context (concatenated): "embedding" [N, hidden], "keys L" / "values L" [N, H*D]."""
+def features(loaded, tokens: list[dict], edit=None) -> dict[str, np.ndarray]:
+    """Per token of every context (concatenated): "embedding" [N, hidden], "keys L" / "values L" [N, H*D].
+    `edit(kv, token_row)`, if given, changes each context's KVCache in place before its features are taken (the
+    tests plant structure with it)."""
     out: dict[str, list[np.ndarray]] = {}
     for t in tokens:
         ids = torch.tensor([t["ids"]])
         kv, _, hidden, _ = read_cache_internals(loaded.model, ids, geometry=loaded.geometry)
+        if edit is not None:
+            edit(kv, t)
         out.setdefault("embedding", []).append(hidden[0][0].float().cpu().numpy())
         for layer in range(kv.num_layers):
             k = kv.unrotated_keys(layer)[0].float().permute(1, 0, 2).flatten(1)  # [T, H*D]
