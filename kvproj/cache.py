@@ -3,9 +3,9 @@
 `KVCache` holds per-layer keys/values `[B, H_kv, T, D]` with the attention mask and positions they were made
 with, plus the `CacheGeometry` of the model that made (or will read) them. Everything else in kvproj works on
 these objects; a new transformers release should mean changes here only (docs/design-notes.md: the 5.x cache).
-Every forward and generate call kvproj makes goes through here too (`read_cache`, `forward_with_cache`,
-`read_cache_internals`, `hidden_states`, `generate_with_cache`, `generate_from_ids`); the other model internals kvproj touches (layers,
-key projection and norm, rotary module, output head) live in `kvproj/adapters/`.
+Every forward and generate call kvproj makes goes through here too (`read_cache`, `read_cache_internals`,
+`forward_with_cache`, `hidden_states`, `generate_with_cache`, `generate_from_ids`); the other model internals
+kvproj touches (layers, key projection and norm, rotary module, output head) live in `kvproj/adapters/`.
 """
 
 from __future__ import annotations

@@ -115,7 +115,10 @@ def test_mode_batch_smoke_reproducible_and_resumable(tmp_path):
         assert set(eff) == {"key_norm", "value_norm", "attention_entropy", "key_rank", "value_rank"}
         for rows in eff.values():
             assert len(rows) == n_layers and all(x["p_corrected"] >= x["p"] for x in rows)
-        assert "key_distance" in per["means"]["careful"] and per["means"]["neutral"]["key_distance"] == [0.0] * n_layers
+        assert (
+            "key_distance" in per["means"]["careful"]
+            and per["means"]["neutral"]["key_distance"] == [0.0] * n_layers
+        )
         assert "r" in per["reliability"]["careful-neutral"]
     assert list(r["cross_model"]) == ["0:tiny:llama vs 1:tiny:gemma3_text"]
     assert {"cross_model.png", "effects_model0_careful-neutral.png", "generations.jsonl"} <= {
@@ -152,7 +155,9 @@ def test_confab_detection_smoke_with_an_exact_projector(tmp_path):
         assert "layer" in c["best_layer"]
     for layer in r["transfer"]["layers"]:
         assert layer["projected"]["auroc"] == pytest.approx(layer["own"]["auroc"], abs=0.05)
-    assert {"transfer.png", "auroc_model0_construction.png", "generations.jsonl"} <= {p.name for p in out.iterdir()}
+    assert {"transfer.png", "auroc_model0_construction.png", "generations.jsonl"} <= {
+        p.name for p in out.iterdir()
+    }
 
 
 def test_help_lists_the_options_of_suite_two(capsys):

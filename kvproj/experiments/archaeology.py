@@ -79,7 +79,9 @@ class Settings(ExperimentSettings):
         check_int("attribute_classes", self.attribute_classes, 2)
         check_int("cv_folds", self.cv_folds, 2, 20)
         if self.attribute_relation not in RELATION_NAMES:
-            raise ValueError(f"--attribute_relation: one of {', '.join(RELATION_NAMES)}, got {self.attribute_relation!r}")
+            raise ValueError(
+                f"--attribute_relation: one of {', '.join(RELATION_NAMES)}, got {self.attribute_relation!r}"
+            )
         if not self.probe_c > 0:
             raise ValueError(f"--probe_c: must be > 0, got {self.probe_c!r}")
 
@@ -118,7 +120,8 @@ def token_rows(loaded, rows: list[dict], who: dict[str, dict[str, str]], relatio
             hit = [n for s, e, n in spans if b > a and a < e and b > s]
             entity.append(hit[0] if hit else None)
         attribute = [
-            who[e][relation] if e is not None and is_closed_value(relation, who[e][relation]) else None for e in entity
+            who[e][relation] if e is not None and is_closed_value(relation, who[e][relation]) else None
+            for e in entity
         ]
         out.append({"context": i, "ids": list(enc["input_ids"]), "entity": entity, "attribute": attribute})
     return out
@@ -166,7 +169,11 @@ def task_labels(tokens: list[dict], s: Settings) -> dict[str, dict[str, np.ndarr
         if not chosen:
             continue
         index, y, groups = zip(*chosen)
-        y = np.asarray(y, dtype=np.float64) if task == "position" else np.unique(np.asarray(y, dtype=str), return_inverse=True)[1]
+        y = (
+            np.asarray(y, dtype=np.float64)
+            if task == "position"
+            else np.unique(np.asarray(y, dtype=str), return_inverse=True)[1]
+        )
         out[task] = {"rows": np.asarray(index), "y": y, "groups": np.asarray([str(g) for g in groups])}
     return out
 
@@ -194,7 +201,8 @@ def probe_task(feats: dict[str, np.ndarray], task: dict[str, np.ndarray], regres
     for name, x in feats.items():
         seed = stat_seed(s.seed, label, name)
         out[name] = {
-            "probe": decode(x[rows], y, splits, regress=regress, c=s.probe_c, seed=seed, resamples=s.bootstrap_resamples),
+            "probe": decode(x[rows], y, splits, regress=regress, c=s.probe_c, seed=seed,
+                            resamples=s.bootstrap_resamples),
             "control": decode(x[rows], shuffled, splits, regress=regress, c=s.probe_c, seed=seed,
                               resamples=s.bootstrap_resamples),
         }  # fmt: skip
@@ -299,8 +307,10 @@ def build_report(s: Settings, numbers: dict, depths: dict, run_: Run, command: s
         "Finding",
         "Best layer per label and model, against its shuffled-label control, the embedding floor and the majority-"
         "class rate (chance):\n\n"
-        + markdown_table(["label", "model", "best layer", "probe", "shuffled control", "embedding floor", "chance",
-                          "tokens"], table)  # fmt: skip
+        + markdown_table(
+            ["label", "model", "best layer", "probe", "shuffled control", "embedding floor", "chance", "tokens"],
+            table,
+        )  # fmt: skip
         + "\nA layer encodes a label (linearly) where its probe's CI sits above both the shuffled control's and "
         "the chance level; above the embedding floor means more than the token itself gives.",
     )

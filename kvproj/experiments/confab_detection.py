@@ -169,7 +169,9 @@ def confab_examples(n: int, seed: int) -> list[dict[str, Any]]:
 
     pool = [e.to_dict() for e in generate_splits(FactsConfig(n_train_examples=1))["test"]]
     if len(pool) < 2 * n:
-        raise ValueError(f"--n_questions: at most {len(pool) // 2} (the facts test split has {len(pool)} examples)")
+        raise ValueError(
+            f"--n_questions: at most {len(pool) // 2} (the facts test split has {len(pool)} examples)"
+        )
     asked, donors = pool[:n], pool[n : 2 * n]
     order = np.random.default_rng(seed).permutation(n)
     rows = [{**e, "answerable": True} for e in asked]
@@ -177,7 +179,9 @@ def confab_examples(n: int, seed: int) -> list[dict[str, Any]]:
         for shift in range(n):
             other = donors[order[(i + shift) % n]]
             if e["entity"] not in other["context"] and e["answer"] not in other["context"]:
-                rows.append({**e, "id": f"{e['id']}-unanswerable", "context": other["context"], "answerable": False})
+                rows.append(
+                    {**e, "id": f"{e['id']}-unanswerable", "context": other["context"], "answerable": False}
+                )
                 break
     return rows
 
@@ -234,7 +238,9 @@ def transfer_test(s: Settings, rows: list[dict]) -> dict[str, Any]:
     batch_size = 8
     for i in range(0, len(rows), batch_size):
         chunk = rows[i : i + batch_size]
-        examples = [{**r, "context": f"{s.instruction}\n\nQuestion: {r['question']}\n\n{r['context']}"} for r in chunk]
+        examples = [
+            {**r, "context": f"{s.instruction}\n\nQuestion: {r['question']}\n\n{r['context']}"} for r in chunk
+        ]
         batch = codec.collate([codec.encode(e, stream_index=j) for j, e in enumerate(examples)])
         batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
         batch = pair.add_caches(batch, with_target_cache=True)
@@ -317,8 +323,9 @@ def build_report(s: Settings, numbers, transfer, depths, run_: Run, command: str
     report.section(
         "What was measured",
         f"{n_rows} prompts: {n_rows // 2} facts questions over their own context and the same questions over "
-        f'the context of another example (never one of the answerable prompts\' contexts), under "{s.instruction}"; greedy answers of at most {s.max_new_tokens} '
-        "tokens. Labels: by construction (answer not in the context) and by correctness (the answer is wrong; "
+        "the context of another example (never one of the answerable prompts' contexts), under "
+        f'"{s.instruction}"; greedy answers of at most {s.max_new_tokens} tokens. '
+        "Labels: by construction (answer not in the context) and by correctness (the answer is wrong; "
         "where it is not in the context, anything but 'unknown' is wrong). Per layer, logistic-regression probes "
         f"(C={s.probe_c:g}) on keys (RoPE undone) and values at the last prompt token and pooled over the context "
         f"(cache = both, keys, values), and on the layer's hidden state at the last prompt token; one-number "
@@ -354,8 +361,19 @@ def build_report(s: Settings, numbers, transfer, depths, run_: Run, command: str
                           verdict(best, hidden_best, per[base_best])])  # fmt: skip
     report.section(
         "Finding",
-        markdown_table(["model", "label", "positives", "best cache layer", "cache probe AUROC",
-                        "best hidden-state probe", "best baseline", "cache probe vs the others"], table)  # fmt: skip
+        markdown_table(
+            [
+                "model",
+                "label",
+                "positives",
+                "best cache layer",
+                "cache probe AUROC",
+                "best hidden-state probe",
+                "best baseline",
+                "cache probe vs the others",
+            ],
+            table,
+        )  # fmt: skip
         + "\nThe best layer is chosen on the same out-of-fold AUROCs it reports, so its AUROC is optimistic by "
         "the choice among layers; the hidden-state probe's best layer likewise.",
     )
@@ -367,7 +385,8 @@ def build_report(s: Settings, numbers, transfer, depths, run_: Run, command: str
                         xlabel="relative layer depth", ylabel="AUROC", references={"chance": 0.5})  # fmt: skip
         best = max(range(len(layers)), key=lambda i: layers[i]["own"]["auroc"] or 0.0)
         report.plot(
-            "Transfer to projected caches", png,
+            "Transfer to projected caches",
+            png,
             f"A probe trained on {transfer['target']}'s own prefix caches (label by construction; the question is "
             f"stated before the context) applied to the caches projected from {transfer['source']} and to the "
             f"shuffled control (another prompt's projected cache), all scored out of fold (the probe never saw the "
