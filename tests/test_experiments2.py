@@ -170,6 +170,9 @@ def test_help_lists_the_options_of_suite_two(capsys):
         out = capsys.readouterr().out
         for option in options:
             assert option in out, (name, option)
+    smoke = str(CONFIGS / "mode-batch-smoke.yaml")
+    assert main(["mode-batch", "--config", smoke, "--contrasts", "[careful-nothing]"]) == 2  # named, not run
+    assert main(["confab-detection", "--config", "confab-detection-smoke", "--projector", "/no/such/dir"]) == 2
 
 
 def test_default_configs_parse():
