@@ -3,9 +3,9 @@
 `KVCache` holds per-layer keys/values `[B, H_kv, T, D]` with the attention mask and positions they were made
 with, plus the `CacheGeometry` of the model that made (or will read) them. Everything else in kvproj works on
 these objects; a new transformers release should mean changes here only (docs/design-notes.md: the 5.x cache).
-Every forward and generate call kvproj makes goes through here too (`read_cache`, `forward_with_cache`,
-`hidden_states`, `generate_with_cache`, `generate_from_ids`); the other model internals kvproj touches (layers,
-key projection and norm, rotary module, output head) live in `kvproj/adapters/`.
+Every forward and generate call kvproj makes goes through here too (`read_cache`, `read_cache_internals`,
+`forward_with_cache`, `hidden_states`, `generate_with_cache`, `generate_from_ids`); the other model internals
+kvproj touches (layers, key projection and norm, rotary module, output head) live in `kvproj/adapters/`.
 """
 
 from __future__ import annotations
@@ -258,6 +258,54 @@ def read_cache(
         geometry=geometry if geometry is not None else geometry_of(model),
     )
     return (kv, out.logits) if return_logits else kv
+
+
+def read_cache_internals(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    *,
+    geometry: CacheGeometry | None = None,
+    attentions: bool = False,
+) -> tuple[KVCache, torch.Tensor, list[torch.Tensor], list[torch.Tensor] | None]:
+    """`read_cache` plus what analyses of the cache compare it with: (KVCache, logits [B, T, V], hidden states
+    (num_layers + 1 tensors [B, T, hidden]: the embeddings, then each layer's output), attention weights
+    (num_layers tensors [B, H, T, T], float32; None unless `attentions`)).
+
+    Attention weights need the eager attention path: it is switched on for this call only and restored after.
+    """
+    device = _device(model)
+    input_ids = input_ids.to(device)
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    attention_mask = attention_mask.to(device)
+    positions = positions_from_mask(attention_mask)
+    previous = getattr(model.config, "_attn_implementation", None)
+    if attentions and previous != "eager":
+        model.set_attn_implementation("eager")
+    try:
+        out = model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=positions,
+            cache=DynamicCache(),
+            use_cache=True,
+            output_hidden_states=True,
+            output_attentions=attentions,
+        )
+    finally:
+        if attentions and previous not in (None, "eager"):
+            model.set_attn_implementation(previous)
+    layers = out.cache.layers
+    kv = KVCache(
+        keys=[layer.keys for layer in layers],
+        values=[layer.values for layer in layers],
+        attention_mask=attention_mask,
+        positions=positions,
+        geometry=geometry if geometry is not None else geometry_of(model),
+    )
+    weights = [a.float() for a in out.attentions] if attentions else None
+    return kv, out.logits, list(out.hidden_states), weights
 
 
 def to_transformers(kv: KVCache, model: nn.Module) -> DynamicCache:

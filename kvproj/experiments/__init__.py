@@ -26,6 +26,9 @@ EXPERIMENTS: dict[str, str] = {
     "partial-transfer": "kvproj.experiments.partial_transfer",
     "interpolation": "kvproj.experiments.interpolation",
     "mode-transfer": "kvproj.experiments.mode_transfer",
+    "mode-batch": "kvproj.experiments.mode_batch",
+    "confab-detection": "kvproj.experiments.confab_detection",
+    "archaeology": "kvproj.experiments.archaeology",
 }
 USAGE = """\
 usage: python -m kvproj experiment NAME [--config configs/experiments/NAME.yaml] [--option value ...]
