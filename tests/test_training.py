@@ -156,10 +156,23 @@ def test_projector_config_forms_on_the_command_line_and_in_yaml(tmp_path):
 def test_bad_projector_settings_name_the_setting(tmp_path):
     from kvproj.cli import main
 
+    out = io.StringIO()
+    with redirect_stdout(out), pytest.raises(SystemExit):  # an architecture name is taken for its config class
+        main(["fit", "--config", "configs/smoke.yaml", "--model.projector", "lowrank", "--print_config"])
+    assert "class_path: kvproj.projectors.LowRankConfig" in out.getvalue()
     err = io.StringIO()
     with redirect_stderr(err), pytest.raises(SystemExit):
-        main(["fit", "--config", "configs/smoke.yaml", "--model.projector", "lowrank", "--print_config"])
-    assert 'Parser key "model.projector"' in err.getvalue() and "lowrank" in err.getvalue()
+        main(
+            [
+                "fit",
+                "--config",
+                "configs/smoke.yaml",
+                "--model.projector",
+                "kvproj.projectors.Nope",
+                "--print_config",
+            ]
+        )
+    assert 'Parser key "model.projector"' in err.getvalue() and "Nope" in err.getvalue()
     err = io.StringIO()
     with redirect_stderr(err), pytest.raises(SystemExit):
         main(["fit", "--config", "configs/smoke.yaml", "--model.projector.rank", "8", "--print_config"])
