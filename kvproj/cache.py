@@ -221,6 +221,35 @@ def _device(model: nn.Module) -> torch.device:
     return model.get_input_embeddings().weight.device
 
 
+def _read(model: nn.Module, input_ids, attention_mask, geometry, **forward_kwargs):
+    """One forward over `input_ids` that keeps its cache: (KVCache, the model's output). The cache is built without
+    a config so sliding-window layers keep every position (full length); padded batches get padding-aware
+    position ids."""
+    device = _device(model)
+    input_ids = input_ids.to(device)
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    attention_mask = attention_mask.to(device)
+    positions = positions_from_mask(attention_mask)
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=positions,
+        cache=DynamicCache(),  # no config: sliding layers are NOT truncated
+        use_cache=True,
+        **forward_kwargs,
+    )
+    layers = out.cache.layers
+    kv = KVCache(
+        keys=[layer.keys for layer in layers],
+        values=[layer.values for layer in layers],
+        attention_mask=attention_mask,
+        positions=positions,
+        geometry=geometry if geometry is not None else geometry_of(model),
+    )
+    return kv, out
+
+
 def read_cache(
     model: nn.Module,
     input_ids: torch.Tensor,
@@ -234,29 +263,7 @@ def read_cache(
     The cache is built without a config so sliding-window layers keep every position (full length); padded
     batches get padding-aware position ids. Returns `KVCache` or `(KVCache, logits [B, T, V])`.
     """
-    device = _device(model)
-    input_ids = input_ids.to(device)
-    if attention_mask is None:
-        attention_mask = torch.ones_like(input_ids)
-    attention_mask = attention_mask.to(device)
-    positions = positions_from_mask(attention_mask)
-    hf_cache = DynamicCache()  # no config: sliding layers are NOT truncated
-    out = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=positions,
-        cache=hf_cache,
-        use_cache=True,
-        logits_to_keep=0 if return_logits else 1,
-    )
-    layers = out.cache.layers
-    kv = KVCache(
-        keys=[layer.keys for layer in layers],
-        values=[layer.values for layer in layers],
-        attention_mask=attention_mask,
-        positions=positions,
-        geometry=geometry if geometry is not None else geometry_of(model),
-    )
+    kv, out = _read(model, input_ids, attention_mask, geometry, logits_to_keep=0 if return_logits else 1)
     return (kv, out.logits) if return_logits else kv
 
 
@@ -274,36 +281,17 @@ def read_cache_internals(
 
     Attention weights need the eager attention path: it is switched on for this call only and restored after.
     """
-    device = _device(model)
-    input_ids = input_ids.to(device)
-    if attention_mask is None:
-        attention_mask = torch.ones_like(input_ids)
-    attention_mask = attention_mask.to(device)
-    positions = positions_from_mask(attention_mask)
     previous = getattr(model.config, "_attn_implementation", None)
-    if attentions and previous != "eager":
+    switch = attentions and previous != "eager"
+    if switch:
         model.set_attn_implementation("eager")
     try:
-        out = model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=positions,
-            cache=DynamicCache(),
-            use_cache=True,
-            output_hidden_states=True,
-            output_attentions=attentions,
+        kv, out = _read(
+            model, input_ids, attention_mask, geometry, output_hidden_states=True, output_attentions=attentions
         )
     finally:
-        if attentions and previous not in (None, "eager"):
+        if switch and previous is not None:
             model.set_attn_implementation(previous)
-    layers = out.cache.layers
-    kv = KVCache(
-        keys=[layer.keys for layer in layers],
-        values=[layer.values for layer in layers],
-        attention_mask=attention_mask,
-        positions=positions,
-        geometry=geometry if geometry is not None else geometry_of(model),
-    )
     weights = [a.float() for a in out.attentions] if attentions else None
     return kv, out.logits, list(out.hidden_states), weights
 

@@ -79,8 +79,7 @@ def resolve_projector(argv: list[str]) -> list[str]:
     from kvproj.projectors import ARCHITECTURES
 
     argv, at = option_values(argv, ("--model.projector",))
-    by_name = {name: cls for name, cls in ARCHITECTURES.items()}
-    by_name.update({cls.__name__: cls for cls in ARCHITECTURES.values()})
+    by_name = {**ARCHITECTURES, **{cls.__name__: cls for cls in ARCHITECTURES.values()}}
     for i in at:
         value = argv[i]
         if "." in value or "/" in value or value.lstrip().startswith(("{", "[")) or Path(value).exists():

@@ -48,11 +48,12 @@ def kl_per_example(
     return torch.where(count > 0, total / count.clamp_min(1), torch.full_like(total, float("nan")))
 
 
-def kl_to_oracle(student_logits: torch.Tensor, oracle_logits: torch.Tensor, example: torch.Tensor) -> torch.Tensor:
+def kl_to_oracle(
+    student_logits: torch.Tensor, oracle_logits: torch.Tensor, example: torch.Tensor, n_examples: int
+) -> torch.Tensor:
     """The training loss: `kl_per_example` averaged over the examples that have scored positions (each example
     weighs alike, as in evaluation's mean over examples)."""
-    n = int(example.max().item()) + 1 if example.numel() else 0
-    return kl_per_example(student_logits, oracle_logits, example, n).nanmean()
+    return kl_per_example(student_logits, oracle_logits, example, n_examples).nanmean()
 
 
 def reconstruction(

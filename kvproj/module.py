@@ -168,7 +168,7 @@ class KVProjectorModule(L.LightningModule):
             with torch.no_grad():
                 oracle = logits_from_hidden(target, self.oracle_hidden(batch)[:, :-1][mask])
             rows = torch.arange(mask.shape[0], device=mask.device)[:, None].expand_as(mask)[mask]
-            out["kl"] = kl_to_oracle(student, oracle, rows)
+            out["kl"] = kl_to_oracle(student, oracle, rows, mask.shape[0])
             total = total + hp.kl_weight * out["kl"]
         if hp.reconstruction_weight > 0:
             out["reconstruction"], _, _ = self.reconstruction(batch, projected)

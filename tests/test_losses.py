@@ -34,6 +34,6 @@ def test_per_example_mean_and_the_training_loss_weigh_examples_alike():
     assert math.isnan(per_example[1].item()) and math.isnan(per_example[3].item())
     assert per_example[2].item() == pytest.approx(per_token[3:].mean().item(), rel=1e-6)
     # the loss is the mean over examples (not over tokens): 3 tokens of example 0 do not outweigh example 2
-    loss = kl_to_oracle(student, oracle, example).item()
+    loss = kl_to_oracle(student, oracle, example, 4).item()
     assert loss == pytest.approx((per_token[:3].mean() + per_token[3:].mean()).item() / 2, rel=1e-6)
     assert loss != pytest.approx(per_token.mean().item(), rel=1e-3)

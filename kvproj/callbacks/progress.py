@@ -9,6 +9,8 @@ and tokens/s.
 
 - `TokenThroughput`: Lightning's ThroughputMonitor counting each batch's real tokens; logs tokens/s to TensorBoard.
 - `progress_callbacks`: both, as `kvproj fit` installs them.
+- `loop_progress`: the same habit for loops outside training (`evaluate`, experiments): a bar on a terminal,
+  plain lines after each 10% elsewhere.
 
 Tokens of a batch (`batch_tokens`): source context + target prefix + continuation, padding excluded, counted once
 when the batch is collated (`batch["n_tokens"]`, kvproj/data/pairs.py). The clock
@@ -18,10 +20,13 @@ runs them in `on_after_batch_transfer`), backward and optimizer step; time spent
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import sys
 import time
 from collections import deque
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -238,3 +243,33 @@ def progress_callbacks(trainer_config: dict[str, Any]) -> list[Callback]:
     ):
         callbacks.append(StepProgressBar())
     return callbacks
+
+
+@contextlib.contextmanager
+def loop_progress(total: int, label: str, unit: str = "") -> Iterator[Callable[[int], None]]:
+    """Progress of a loop over `total` items; yields `advance(n=1)`. On a terminal a rich bar; on a log file or
+    pipe (nohup, cluster jobs) a plain line on the `kvproj` logger after each 10% more and at the end:
+    "LABEL 4/6 UNIT, 12 s elapsed, about 6 s to go"."""
+    if sys.stderr.isatty():
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        with Progress(
+            TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True
+        ) as bar:
+            job = bar.add_task(label, total=total)
+            yield lambda n=1: bar.advance(job, n)
+        return
+    log = logging.getLogger("kvproj.progress")
+    start, done, shown = time.perf_counter(), 0, 0
+    suffix = f" {unit}" if unit else ""
+
+    def advance(n: int = 1) -> None:
+        nonlocal done, shown
+        done += n
+        if done - shown >= max(total // 10, 1) or done == total:
+            shown = done
+            elapsed = time.perf_counter() - start
+            rest = elapsed / done * (total - done)
+            log.info("%s %d/%d%s, %.0f s elapsed, about %.0f s to go", label, done, total, suffix, elapsed, rest)
+
+    yield advance

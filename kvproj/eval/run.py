@@ -3,17 +3,15 @@ run every condition, write results.json and generations.jsonl (never over result
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 import os
-import sys
-import time
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 from kvproj.atomic import atomic_write
+from kvproj.callbacks.progress import loop_progress
 from kvproj.eval.facts import CONDITIONS, Condition, EvalSettings, FactsEvaluator
 from kvproj.pair import load_transfer, read_transfer
 
@@ -78,33 +76,6 @@ def load_examples(
     if not examples:
         raise ValueError(f"no examples to evaluate (eval_file={eval_file!r}, split={split!r})")
     return examples
-
-
-@contextlib.contextmanager
-def _progress(total: int):
-    """A progress bar on a terminal; on a log file or pipe (nohup, cluster jobs) a plain line after every batch
-    that completes at least 10% more, with the elapsed time and an estimate of the rest."""
-    if sys.stderr.isatty():
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        with Progress(
-            TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True
-        ) as bar:
-            job = bar.add_task("eval", total=total)
-            yield lambda n: bar.advance(job, n)
-        return
-    start, done, shown = time.perf_counter(), 0, 0
-
-    def advance(n: int) -> None:
-        nonlocal done, shown
-        done += n
-        if done - shown >= max(total // 10, 1) or done == total:
-            shown = done
-            elapsed = time.perf_counter() - start
-            rest = elapsed / done * (total - done)
-            log.info("evaluated %d/%d examples, %.0f s elapsed, about %.0f s to go", done, total, elapsed, rest)
-
-    yield advance
 
 
 def build_evaluator(projector_dir: str | Path, device: str | None, settings: EvalSettings) -> FactsEvaluator:
@@ -268,7 +239,7 @@ def evaluate(
     evaluator = build_evaluator(projector, device, settings)
     out = Path(output)
     generations = out.with_name("generations.jsonl")
-    with _progress(len(examples)) as advance:
+    with loop_progress(len(examples), "evaluated", "examples") as advance:
         results, rows = evaluator.run(examples, progress=advance, generate=task == "facts")
     if task == "lm":  # likelihood only: perplexity of the continuation given each prefix
         for c in results["conditions"].values():

@@ -26,6 +26,7 @@ from kvproj.experiments.common import (
     Report,
     Run,
     Series,
+    as_spec,
     check_int,
     fmt_stat,
     line_plot,
@@ -34,7 +35,6 @@ from kvproj.experiments.common import (
     stat,
     stat_seed,
 )
-from kvproj.experiments.same_model import as_spec
 from kvproj.experiments.stats import folds, probe_predictions, r2_with_ci, relative_depth
 from kvproj.models import ModelSpec, load_model
 

@@ -16,16 +16,14 @@ every random choice is seeded from the settings.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import math
 import platform
 import shutil
-import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -34,7 +32,9 @@ import numpy as np
 
 import kvproj
 from kvproj.atomic import atomic_write, recover
+from kvproj.callbacks.progress import loop_progress
 from kvproj.eval import metrics
+from kvproj.models import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -143,33 +143,6 @@ def fmt_stat(s: dict[str, Any] | None, digits: int = 3, kind: str = "f") -> str:
     return f"{fmt(s['mean'], digits, kind)} [{fmt(lo, digits, kind)}, {fmt(hi, digits, kind)}]"
 
 
-# ------------------------------------------------------------------------------------------------ progress
-@contextlib.contextmanager
-def progress(total: int, label: str) -> Iterator[Callable[[int], None]]:
-    """A progress bar on a terminal; on a log file or pipe a plain line after each 10% (elapsed, time to go)."""
-    if sys.stderr.isatty():
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        with Progress(
-            TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True
-        ) as bar:
-            job = bar.add_task(label, total=total)
-            yield lambda n=1: bar.advance(job, n)
-        return
-    start, done, shown = time.perf_counter(), 0, 0
-
-    def advance(n: int = 1) -> None:
-        nonlocal done, shown
-        done += n
-        if done - shown >= max(total // 10, 1) or done == total:
-            shown = done
-            elapsed = time.perf_counter() - start
-            rest = elapsed / done * (total - done)
-            log.info("%s: %d/%d, %.0f s elapsed, about %.0f s to go", label, done, total, elapsed, rest)
-
-    yield advance
-
-
 # ------------------------------------------------------------------------------------------------ the run folder
 class Run:
     """One run's folder: refuses to replace a finished run, resumes an unfinished one unit by unit.
@@ -253,7 +226,7 @@ class Run:
     def units(self, keys: Sequence[str], compute: Callable[[str], dict[str, Any]], label: str) -> dict[str, Any]:
         """Every unit of `keys` (finished ones skipped), with a progress display."""
         out = {}
-        with progress(len(keys), f"{self.experiment} {label}") as advance:
+        with loop_progress(len(keys), f"{self.experiment} {label}", "units") as advance:
             for key in keys:
                 out[key] = self.unit(key, lambda k=key: compute(k))
                 advance(1)
@@ -312,6 +285,11 @@ def versions() -> dict[str, str]:
         "torch": torch.__version__,
         "transformers": transformers.__version__,
     }
+
+
+def as_spec(value: Any) -> ModelSpec:
+    """A model setting as a `ModelSpec` (YAML gives a mapping: {name: ..., dtype: ...})."""
+    return value if isinstance(value, ModelSpec) else ModelSpec(**value)
 
 
 def model_record(loaded) -> dict[str, Any]:

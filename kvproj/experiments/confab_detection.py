@@ -34,6 +34,7 @@ from kvproj.experiments.common import (
     Report,
     Run,
     Series,
+    as_spec,
     check_int,
     fmt,
     line_plot,
@@ -42,7 +43,6 @@ from kvproj.experiments.common import (
     stat_seed,
 )
 from kvproj.experiments.modes import behaviour, is_unknown
-from kvproj.experiments.same_model import as_spec
 from kvproj.experiments.stats import auroc, fit_probe, folds, probe_predictions, relative_depth
 from kvproj.models import ModelSpec, load_model
 from kvproj.pair import DEFAULT_QUESTION_TEMPLATE

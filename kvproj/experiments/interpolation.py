@@ -23,23 +23,28 @@ from kvproj.experiments.common import (
     Report,
     Run,
     Series,
+    as_spec,
     check_fractions,
     check_int,
     fmt_stat,
     line_plot,
     markdown_table,
     model_record,
-    stat,
-    stat_seed,
 )
-from kvproj.experiments.modes import INSTRUCTION_A, INSTRUCTION_B, first_token_logprobs, mode_examples, score
-from kvproj.experiments.same_model import as_spec
+from kvproj.experiments.modes import (
+    INSTRUCTION_A,
+    INSTRUCTION_B,
+    METRICS,
+    collect,
+    first_token_logprobs,
+    mode_examples,
+    score,
+)
 from kvproj.models import ModelSpec, load_model
 from kvproj.pair import DEFAULT_QUESTION_TEMPLATE
 from kvproj.rope import apply_rope
 
 NAME = "interpolation"
-METRICS = ("accuracy", "unknown_rate", "fabricated_rate", "first_token_entropy", "kl_to_A", "kl_to_B")
 FILLER = "."
 
 
@@ -232,20 +237,7 @@ def run(settings: Settings, command: str = NAME) -> dict[str, Any]:
     chunks = [rows[i : i + s.batch_size] for i in range(0, len(rows), s.batch_size)]
     keys = [f"batch{i:04d}" for i in range(len(chunks))]
     units = run_.units(keys, lambda k: score_batch(s, loaded, prompts, chunks[int(k[5:])], vectors), "batches")
-    collected: dict[str, dict[str, list]] = {}
-    generations = []
-    for key, chunk in zip(keys, chunks):
-        for cname, scored in units[key].items():
-            if cname == "answerable":
-                continue
-            slot = collected.setdefault(cname, {})
-            for m in METRICS:
-                slot.setdefault(m, []).extend(scored.get(m, [None] * len(chunk)))
-            for r, gtext in zip(chunk, scored["generated"]):
-                generations.append({"id": r["id"], "condition": cname, "answerable": r["answerable"],
-                                    "generated": gtext, "answer": r["answer"]})  # fmt: skip
-    numbers = {c: {m: stat(v[m], stat_seed(s.seed, c, m), s.bootstrap_resamples) for m in METRICS}
-               for c, v in collected.items()}  # fmt: skip
+    numbers, generations = collect(s, chunks, [units[k] for k in keys], skip=("answerable",))
     report = build_report(s, numbers, loaded, run_, command, len(rows))
     return run_.finish(
         numbers, {"model": model_record(loaded)}, report, generations,

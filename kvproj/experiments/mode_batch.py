@@ -32,6 +32,7 @@ from kvproj.experiments.common import (
     Report,
     Run,
     Series,
+    as_spec,
     check_int,
     fmt,
     heatmap,
@@ -41,7 +42,6 @@ from kvproj.experiments.common import (
     stat_seed,
 )
 from kvproj.experiments.modes import behaviour, mode_examples
-from kvproj.experiments.same_model import as_spec
 from kvproj.experiments.stats import (
     CORRECTIONS,
     correct,

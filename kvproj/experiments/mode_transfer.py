@@ -27,14 +27,19 @@ from kvproj.experiments.common import (
     fmt_stat,
     line_plot,
     markdown_table,
-    stat,
-    stat_seed,
 )
-from kvproj.experiments.modes import INSTRUCTION_A, INSTRUCTION_B, first_token_logprobs, mode_examples, score
+from kvproj.experiments.modes import (
+    INSTRUCTION_A,
+    INSTRUCTION_B,
+    METRICS,
+    collect,
+    first_token_logprobs,
+    mode_examples,
+    score,
+)
 from kvproj.experiments.sweep import missing_projector_advice, transfer_record
 
 NAME = "mode-transfer"
-METRICS = ("accuracy", "unknown_rate", "fabricated_rate", "first_token_entropy", "kl_to_A", "kl_to_B")
 CONDITIONS = ("target_text", "projected", "shuffled", "source_text")
 
 
@@ -117,18 +122,7 @@ def run(settings: Settings, command: str = NAME) -> dict[str, Any]:
         chunks[-2] += chunks.pop()
     keys = [f"batch{i:04d}" for i in range(len(chunks))]
     units = run_.units(keys, lambda k: score_batch(s, trained, chunks[int(k[5:])], int(k[5:])), "batches")
-    collected: dict[str, dict[str, list]] = {}
-    generations = []
-    for key, chunk in zip(keys, chunks):
-        for cname, scored in units[key].items():
-            slot = collected.setdefault(cname, {})
-            for m in METRICS:
-                slot.setdefault(m, []).extend(scored.get(m) or [None] * len(chunk))
-            for r, g in zip(chunk, scored["generated"]):
-                generations.append({"id": r["id"], "condition": cname, "answerable": r["answerable"], "generated": g,
-                                    "answer": r["answer"]})  # fmt: skip
-    numbers = {c: {m: stat(v[m], stat_seed(s.seed, c, m), s.bootstrap_resamples) for m in METRICS}
-               for c, v in collected.items()}  # fmt: skip
+    numbers, generations = collect(s, chunks, [units[k] for k in keys], skip=())
     gaps = mode_gaps(numbers)
     report = build_report(s, numbers, gaps, run_, command, trained, len(rows))
     return run_.finish(

@@ -19,12 +19,15 @@ from kvproj.adapters.heads import logits_from_hidden
 from kvproj.cache import KVCache, forward_with_cache, generate_with_cache
 from kvproj.eval import metrics
 from kvproj.eval.facts import derangement
+from kvproj.experiments.common import stat, stat_seed
 
 INSTRUCTION_A = (
     "Answer only from the text below. If the text does not state the answer, answer with the single word: unknown."
 )
 INSTRUCTION_B = "Always give a confident, specific answer, even when the text below does not state it."
 UNKNOWN = "unknown"
+# what interpolation and mode-transfer report per condition
+METRICS = ("accuracy", "unknown_rate", "fabricated_rate", "first_token_entropy", "kl_to_A", "kl_to_B")
 
 
 def mode_examples(n: int, seed: int, split: str = "test", offset: int = 0) -> list[dict[str, Any]]:
@@ -96,3 +99,24 @@ def score(model, tokenizer, prefix: KVCache, question_ids, question_mask, rows, 
     for name, ref in (pure or {}).items():
         out[f"kl_to_{name}"] = kl(ref, logprobs)
     return out, logprobs, generated
+
+
+def collect(s, chunks: list[list[dict]], scored_units: list[dict[str, dict]], skip: tuple[str, ...] = ()):
+    """Per condition, `METRICS` over every example of every batch unit (a unit maps condition -> `score`'s
+    output for its chunk of rows), as `stat`s with seeded bootstrap CIs; and one generation row per example and
+    condition. Conditions in `skip` are left out. Returns (numbers, generations)."""
+    collected: dict[str, dict[str, list]] = {}
+    generations = []
+    for chunk, unit in zip(chunks, scored_units):
+        for cname, scored in unit.items():
+            if cname in skip:
+                continue
+            slot = collected.setdefault(cname, {})
+            for m in METRICS:
+                slot.setdefault(m, []).extend(scored.get(m) or [None] * len(chunk))
+            for r, g in zip(chunk, scored["generated"]):
+                generations.append({"id": r["id"], "condition": cname, "answerable": r["answerable"], "generated": g,
+                                    "answer": r["answer"]})  # fmt: skip
+    numbers = {c: {m: stat(v[m], stat_seed(s.seed, c, m), s.bootstrap_resamples) for m in METRICS}
+               for c, v in collected.items()}  # fmt: skip
+    return numbers, generations

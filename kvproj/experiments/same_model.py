@@ -26,6 +26,7 @@ from kvproj.experiments.common import (
     Report,
     Run,
     Series,
+    as_spec,
     check_int,
     fmt,
     fmt_stat,
@@ -40,10 +41,6 @@ from kvproj.models import ModelSpec, load_model
 log = logging.getLogger(__name__)
 NAME = "same-model"
 RECEIVERS = ("float32", "bfloat16", "float16", "8bit", "4bit")
-
-
-def as_spec(value: Any) -> ModelSpec:
-    return value if isinstance(value, ModelSpec) else ModelSpec(**value)
 
 
 @dataclass
