@@ -34,8 +34,8 @@ usage: python -m kvproj COMMAND ...
   plan [--config RUN] [--gpu NAME ...] [--json] [--measure N] [--study FILE]
                                                       peak memory, step time, cloud cost (offline)
   experiment NAME [--config configs/experiments/NAME.yaml]
-                                                      run an experiment (same-model, layer-sweep,
-                                                      partial-transfer, interpolation, mode-transfer)
+                                                      run an experiment (`experiment --help` lists the
+                                                      eight: same-model ... archaeology)
   (each command takes --help)
 """
 # configs/ of the repository, shipped inside the package (kvproj/configs links to it; a wheel holds copies)
