@@ -46,7 +46,7 @@ def ridge_init(module: Any, datamodule: Any, batches: int | None = None, lam: fl
     target = pair.target.model
     capture_pre_norm = proj.target_key_norm and any(n is not None for n in key_norms(target))
     n_layers = proj.target_geometry.num_layers
-    d_in, d_out = proj.source_geometry.width + 1, proj.target_geometry.width
+    d_in, d_out = proj.in_width + 1, proj.target_geometry.width
     xtx = {
         kind: [torch.zeros(d_in, d_in, dtype=torch.float64, device=device) for _ in range(n_layers)]
         for kind in "kv"
@@ -69,10 +69,16 @@ def ridge_init(module: Any, datamodule: Any, batches: int | None = None, lam: fl
             valid = batch["target_prefix_mask"].bool() & (index >= 0)  # [B, Tt]
             gather = index.clamp(min=0)
             rows += int(valid.sum())
-            for t, s in enumerate(proj.layer_map):
-                src_k = undo_rope(source.keys[s], source.positions, proj.source_geometry.rope[s])
-                x_k = _tokens(gather_positions(src_k, gather))[valid].double()  # [N, Hs*Ds]
-                x_v = _tokens(gather_positions(source.values[s], gather))[valid].double()
+            src_k: dict[int, torch.Tensor] = {}  # per source layer read: aligned features [N, Hs*Ds]
+            src_v: dict[int, torch.Tensor] = {}
+            for s in sorted({s for layers in proj.source_layers for s in layers}):
+                keys = undo_rope(source.keys[s], source.positions, proj.source_geometry.rope[s])
+                src_k[s] = _tokens(gather_positions(keys, gather))[valid].double()
+                src_v[s] = _tokens(gather_positions(source.values[s], gather))[valid].double()
+            for t, layers in enumerate(proj.source_layers):
+                # several source layers: their features side by side, in the order Projector.stack puts them
+                x_k = torch.cat([src_k[s] for s in layers], dim=1)  # [N, n * Hs*Ds]
+                x_v = torch.cat([src_v[s] for s in layers], dim=1)
                 if capture_pre_norm:
                     y_k = captured[t][valid].double()  # key projection output [B, T, Ht*Dt]
                 else:
@@ -94,4 +100,10 @@ def ridge_init(module: Any, datamodule: Any, batches: int | None = None, lam: fl
             w = torch.linalg.solve(a + reg, xty[kind][t])  # [d_in, d_out]
             proj.set_linear_map("keys" if kind == "k" else "values", t, w[:-1].T, w[-1])
     log.info("ridge start: fitted %d target layers on %d aligned positions (lambda %.3g)", n_layers, rows, lam)
+    shares = proj.source_layer_shares()
+    if shares is not None:  # which source depth feeds each target layer most, by weight norm
+        top = [max(d.items(), key=lambda kv: kv[1]) for d in shares]
+        log.info("ridge start: largest source layer share per target layer: %s",
+                 ", ".join(f"{t}<-{s} ({w:.0%})" for t, (s, w) in enumerate(top)))  # fmt: skip
+        stats["source_layer_shares"] = shares
     return stats

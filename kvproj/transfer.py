@@ -52,7 +52,7 @@ class CacheTransfer(nn.Module):
         sg, tg = p.source_geometry, p.target_geometry
         index = index.to(source.attention_mask.device)
         gather_idx = index.clamp(min=0)
-        used = set(p.layer_map)
+        used = {s for layers in p.source_layers for s in layers}
         source_keys: list[torch.Tensor | None] = [None] * sg.num_layers
         source_values: list[torch.Tensor | None] = [None] * sg.num_layers
         for s in sorted(used):

@@ -3,6 +3,8 @@ round-trip through init_args; export reloads exactly."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from conftest import tiny
@@ -20,6 +22,7 @@ from kvproj.projectors import (
     resolve_layer_map,
 )
 from kvproj.projectors.io import ProjectorMismatchError, load_projector, save_projector
+from kvproj.projectors.layer_map import source_windows
 from kvproj.transfer import CacheTransfer
 
 PAIRS = [("llama", "gemma3_text"), ("gpt2", "qwen2"), ("gemma3_text", "phi3"), ("gpt_neox", "mistral")]
@@ -134,6 +137,51 @@ def test_layer_maps():
         resolve_layer_map([0, 1], 30, 3)
     with pytest.raises(ValueError, match="valid: 'proportional', 'terminal'"):
         resolve_layer_map("middle", 30, 3)
+
+
+def test_source_windows():
+    assert source_windows([0, 5, 9], 10, 1) == [[0, 1, 2], [4, 5, 6], [7, 8, 9]]  # shifted at the ends
+    assert source_windows([3], 10, 0) == [[3]]
+    with pytest.raises(
+        ValueError, match="source_window: 5 reads 11 source layers per target layer, but the source has 10"
+    ):
+        source_windows([3], 10, 5)
+    with pytest.raises(ValueError, match="source_window: got -1"):
+        source_windows([3], 10, -1)
+
+
+@pytest.mark.parametrize("architecture", LEARNED)
+def test_source_window_reads_several_source_layers(architecture, tmp_path):
+    s, t, source_kv, _, ids, mask = _caches("llama", "gemma3_text")
+    config = dataclasses.replace(SMALL[architecture], source_window=1)
+    proj = config.build(s.geometry, t.geometry)
+    assert proj.in_width == 3 * s.geometry.width
+    assert all(len(layers) == 3 for layers in proj.source_layers)
+    index = torch.arange(ids.shape[1]).expand_as(ids).clone()
+    out = CacheTransfer(proj, key_norms(t.model))(source_kv, index, mask)
+    assert all(k.shape == (2, t.geometry.num_kv_heads, ids.shape[1], t.geometry.head_dim) for k in out.keys)
+    # every source layer in a window reaches the output: the gradient flows to all three blocks of the input
+    out.values[0].sum().backward()
+    shares = proj.source_layer_shares()
+    if architecture == "c2c":
+        assert shares is None  # no plain input matrix to read
+    else:
+        assert len(shares) == t.geometry.num_layers and all(abs(sum(d.values()) - 1) < 1e-6 for d in shares)
+    save_projector(tmp_path / "p", proj, s.spec.to_dict(), t.spec.to_dict())
+    again, stored = load_projector(tmp_path / "p", s.geometry, t.geometry)
+    assert again.source_layers == proj.source_layers and stored["source_layers"] == proj.source_layers
+
+
+def test_same_model_identity_start_is_exact_with_a_window():
+    s, _, source_kv, _, ids, mask = _caches("llama", "llama")
+    proj = LinearConfig(source_window=1).build(s.geometry, s.geometry)
+    index = torch.arange(ids.shape[1]).expand_as(ids).clone()
+    with torch.no_grad():
+        out = CacheTransfer(proj, key_norms(s.model))(source_kv, index, mask)
+    for a, b in zip(out.keys + out.values, source_kv.keys + source_kv.values):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    shares = proj.source_layer_shares()
+    assert all(shares[t][s_] == 1.0 for t, s_ in enumerate(proj.layer_map))
 
 
 @pytest.mark.parametrize("architecture", LEARNED)

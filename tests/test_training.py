@@ -312,6 +312,38 @@ def test_lowrank_ridge_start_is_the_truncated_svd_of_the_linear_one():
         ridge_init(KVProjectorModule(pair=dm.pair, projector=C2CConfig(hidden=8)), dm)
 
 
+def test_ridge_with_a_source_window_finds_the_source_layer_that_carries_each_target_layer():
+    """Planted: same model, every target layer mapped to source layer 1 with a window of 1 (source layers 0-2).
+    Target layer t's cache IS source layer t's, so the ridge fit is (nearly) exact and puts its weight on layer t,
+    while one source layer per target layer cannot fit layers 0 and 2."""
+    from kvproj.losses import reconstruction
+    from kvproj.ridge import ridge_init
+
+    same = ModelSpec("tiny:llama", seed=1)
+    dm = _dm(source=same, target=same)
+    layers = dm.pair.target.geometry.num_layers
+    assert layers == 3
+    batch = _batch(dm, start=500)
+    valid = batch["target_prefix_mask"].bool() & (batch["align_index"] >= 0)
+    own = dm.pair.target_cache(batch)
+    errors, modules = [], []
+    for window in (0, 1):
+        module = KVProjectorModule(
+            pair=dm.pair, projector=LinearConfig(layer_map=[1] * layers, source_window=window), ridge_batches=4,
+            ridge_lambda=1e-6,
+        )  # fmt: skip
+        with torch.no_grad():
+            ridge_init(module, dm)
+            errors.append(reconstruction(module.project(batch), own, valid)[0].item())
+        modules.append(module)
+    assert modules[1].projector.source_layers == [[0, 1, 2]] * layers
+    assert errors[1] < 1e-3 * errors[0]
+    shares = modules[1].projector.source_layer_shares()
+    for t in range(layers):
+        assert shares[t][t] > 0.99, shares[t]
+    assert modules[0].projector.source_layer_shares() is None
+
+
 def test_bad_settings_name_the_setting():
     with pytest.raises(ValueError, match="data.protocol: got 'both'; valid: masked, shared"):
         _dm(protocol="both")

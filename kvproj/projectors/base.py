@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from kvproj.cache import CacheGeometry
-from kvproj.projectors.layer_map import resolve_layer_map
+from kvproj.projectors.layer_map import resolve_layer_map, source_windows
 
 MODES = ("replace", "fuse")
 ARCHITECTURES: dict[str, type[ProjectorConfig]] = {}  # architecture name -> config class, filled by subclassing
@@ -38,12 +38,16 @@ class ProjectorConfig(ABC):
         layer_map: "proportional", "terminal" or one source layer index per target layer.
         target_key_norm: In replace mode, pass projected keys through the target's own frozen key norm (Gemma 3,
             Qwen 3) before RoPE, which puts them on the target's key scale for free.
+        source_window: Each target layer reads the 2 * source_window + 1 consecutive source layers around its
+            mapped one, concatenated per token (0: the mapped layer alone). The map learns how much each source
+            depth contributes (`source_layer_shares`); the ridge start fits all of them at once.
     """
 
     architecture: ClassVar[str] = ""  # the name in projector_config.json and checkpoints
 
     layer_map: Literal["proportional", "terminal"] | list[int] = "proportional"
     target_key_norm: bool = True
+    source_window: int = 0
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -118,6 +122,9 @@ class Projector(nn.Module):
         self.source_geometry = source
         self.target_geometry = target
         self.layer_map = resolve_layer_map(config.layer_map, source.num_layers, target.num_layers)
+        # the source layers each target layer reads (its mapped one, or a window around it), and their width
+        self.source_layers = source_windows(self.layer_map, source.num_layers, config.source_window)
+        self.in_width = source.width * len(self.source_layers[0])
         self.mode = mode
         self.target_key_norm = config.target_key_norm and mode == "replace"
         self.progress = 0.0  # training progress in [0, 1] (annealing schedules); set by the LightningModule
@@ -150,17 +157,21 @@ class Projector(nn.Module):
         target_keys: list[torch.Tensor] | None = None,
         target_values: list[torch.Tensor] | None = None,
     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """source_*[s]: [B, Hs, T, Ds] per SOURCE layer; target_*[t]: [B, Ht, T, Dt] per target layer (fuse).
+        """source_*[s]: [B, Hs, T, Ds] per SOURCE layer (only those in `source_layers` are read; None elsewhere is
+        fine); target_*[t]: [B, Ht, T, Dt] per target layer (fuse).
 
-        Returns per-target-layer keys and values [B, Ht, T, Dt] (keys un-rotated).
+        Returns per-target-layer keys and values [B, Ht, T, Dt] (keys un-rotated). A target layer reading several
+        source layers gets them stacked as extra heads ([B, n * Hs, T, Ds]: `to_tokens` makes that n * Hs * Ds
+        features per token, source layer by source layer).
         """
         if self.mode == "fuse" and (target_keys is None or target_values is None):
             raise ValueError("a projector in fuse mode needs the target's own cache of the same text")
         keys, values = [], []
-        for t, s in enumerate(self.layer_map):
+        for t, layers in enumerate(self.source_layers):
             base_k = target_keys[t] if target_keys is not None else None
             base_v = target_values[t] if target_values is not None else None
-            k, v = self.project_layer(t, source_keys[s], source_values[s], base_k, base_v)
+            src_k, src_v = self.stack(source_keys, layers), self.stack(source_values, layers)
+            k, v = self.project_layer(t, src_k, src_v, base_k, base_v)
             keys.append(k)
             values.append(v)
         return keys, values
@@ -176,6 +187,36 @@ class Projector(nn.Module):
         raise NotImplementedError
 
     # helpers shared by architectures -------------------------------------------------------------------------
+    @staticmethod
+    def stack(per_layer: list[torch.Tensor], layers: list[int]) -> torch.Tensor:
+        """The source layers `layers` as one tensor: [B, Hs, T, Ds] for one, [B, n * Hs, T, Ds] for n."""
+        return per_layer[layers[0]] if len(layers) == 1 else torch.cat([per_layer[s] for s in layers], dim=1)
+
+    def source_layer_shares(self) -> list[dict[int, float]] | None:
+        """Per target layer, each source layer's share of the squared weight norm of the key and value maps on
+        its features (sums to 1): which source depths feed which target depth. None for one source layer per
+        target layer or an architecture without plain input weights."""
+        if len(self.source_layers[0]) == 1:
+            return None
+        weights = self.input_weights()
+        if weights is None:
+            return None
+        width = self.source_geometry.width
+        out = []
+        for t, layers in enumerate(self.source_layers):
+            norms = [
+                sum(float(w[:, i * width : (i + 1) * width].detach().float().pow(2).sum()) for w in weights[t])
+                for i in range(len(layers))
+            ]
+            total = sum(norms) or 1.0
+            out.append({s: n / total for s, n in zip(layers, norms)})
+        return out
+
+    def input_weights(self) -> list[list[torch.Tensor]] | None:
+        """Per target layer, the matrices [d_out, in_width] that read the source features (keys and values);
+        None where the architecture has none."""
+        return None
+
     def to_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """[B, H, T, D] -> [B, T, H*D]."""
         b, h, t, d = x.shape

@@ -83,7 +83,7 @@ class C2CFuser(Projector):
 
     def __init__(self, source: CacheGeometry, target: CacheGeometry, config: C2CConfig, mode: str = "replace"):
         super().__init__(source, target, config, mode)
-        d_in = source.width + (target.width if self.mode == "fuse" else 0)
+        d_in = self.in_width + (target.width if self.mode == "fuse" else 0)
         n, heads, hidden, depth = target.num_layers, target.num_kv_heads, config.hidden, config.depth
         self.keys = nn.ModuleList(_FuserNet(d_in, target.width, heads, hidden, depth) for _ in range(n))
         self.values = nn.ModuleList(_FuserNet(d_in, target.width, heads, hidden, depth) for _ in range(n))

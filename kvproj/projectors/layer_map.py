@@ -42,3 +42,23 @@ def resolve_layer_map(layer_map: str | list[int], source_layers: int, target_lay
                 f"{source_layers} layers (0-{source_layers - 1})"
             )
     return mapping
+
+
+def source_windows(layer_map: list[int], source_layers: int, window: int) -> list[list[int]]:
+    """Per target layer, the 2 * window + 1 consecutive source layers around its mapped one (shifted, not
+    clipped, at the ends: every target layer reads as many source layers)."""
+    if not isinstance(window, int) or isinstance(window, bool) or window < 0:
+        raise ValueError(
+            f"model.projector.source_window: got {window!r}; valid: an int >= 0 (0: one source layer)"
+        )
+    size = 2 * window + 1
+    if size > source_layers:
+        raise ValueError(
+            f"model.projector.source_window: {window} reads {size} source layers per target layer, but the source "
+            f"has {source_layers}; valid: 0-{(source_layers - 1) // 2}"
+        )
+    out = []
+    for s in layer_map:
+        start = min(max(s - window, 0), source_layers - size)
+        out.append(list(range(start, start + size)))
+    return out

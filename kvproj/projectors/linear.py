@@ -12,13 +12,15 @@ from kvproj.cache import CacheGeometry
 from kvproj.projectors.base import Projector, ProjectorConfig
 
 
-def _init_linear(layer: nn.Linear, identity: bool, zero: bool) -> None:
+def _init_linear(layer: nn.Linear, identity: bool, zero: bool, block: int = 0) -> None:
     nn.init.zeros_(layer.bias) if layer.bias is not None else None
     if zero:
         nn.init.zeros_(layer.weight)
-    elif identity:
+    elif identity:  # identity on input block `block` (of out_features columns), zero elsewhere
         with torch.no_grad():
-            layer.weight.copy_(torch.eye(layer.out_features, layer.in_features))
+            layer.weight.zero_()
+            n = layer.out_features
+            layer.weight[:, block * n : (block + 1) * n].copy_(torch.eye(n))
     else:
         # variance-preserving for [B, T, Hs*Ds] features: keeps projected keys/values on the source scale
         nn.init.normal_(layer.weight, std=layer.in_features**-0.5)
@@ -51,17 +53,23 @@ class LinearProjector(Projector):
 
     def __init__(self, source: CacheGeometry, target: CacheGeometry, config: LinearConfig, mode: str = "replace"):
         super().__init__(source, target, config, mode)
-        d_in, d_out = source.width, target.width
-        identity = d_in == d_out
+        d_in, d_out = self.in_width, target.width
+        identity = source.width == d_out
         self.keys = nn.ModuleList(nn.Linear(d_in, d_out, bias=config.bias) for _ in range(target.num_layers))
         self.values = nn.ModuleList(nn.Linear(d_in, d_out, bias=config.bias) for _ in range(target.num_layers))
-        for layer in [*self.keys, *self.values]:
-            _init_linear(layer, identity=identity, zero=self.mode == "fuse")
+        for t in range(target.num_layers):
+            # identity: on the mapped source layer's block (same-model transfer starts exact with a window too)
+            block = self.source_layers[t].index(self.layer_map[t]) if identity else 0
+            for layer in (self.keys[t], self.values[t]):
+                _init_linear(layer, identity=identity, zero=self.mode == "fuse", block=block)
 
     def project_layer(self, target_layer, source_keys, source_values, target_keys, target_values):
         k = self.to_heads(self.keys[target_layer](self.to_tokens(source_keys)))  # [B, Ht, T, Dt]
         v = self.to_heads(self.values[target_layer](self.to_tokens(source_values)))
         return self.combine(k, target_keys), self.combine(v, target_values)
+
+    def input_weights(self) -> list[list[torch.Tensor]]:
+        return [[k.weight, v.weight] for k, v in zip(self.keys, self.values)]
 
     @torch.no_grad()
     def set_linear_map(self, kind: str, target_layer: int, weight: torch.Tensor, bias: torch.Tensor) -> None:

@@ -56,13 +56,16 @@ class LowRankProjector(Projector):
         super().__init__(source, target, config, mode)
         zero = self.mode == "fuse"
         n, rank = target.num_layers, config.rank
-        self.keys = nn.ModuleList(_LowRank(source.width, target.width, rank, zero) for _ in range(n))
-        self.values = nn.ModuleList(_LowRank(source.width, target.width, rank, zero) for _ in range(n))
+        self.keys = nn.ModuleList(_LowRank(self.in_width, target.width, rank, zero) for _ in range(n))
+        self.values = nn.ModuleList(_LowRank(self.in_width, target.width, rank, zero) for _ in range(n))
 
     def project_layer(self, target_layer, source_keys, source_values, target_keys, target_values):
         k = self.to_heads(self.keys[target_layer](self.to_tokens(source_keys)))
         v = self.to_heads(self.values[target_layer](self.to_tokens(source_values)))
         return self.combine(k, target_keys), self.combine(v, target_values)
+
+    def input_weights(self) -> list[list[torch.Tensor]]:
+        return [[k.up.weight @ k.down.weight, v.up.weight @ v.down.weight] for k, v in zip(self.keys, self.values)]
 
     @torch.no_grad()
     def set_linear_map(self, kind: str, target_layer: int, weight: torch.Tensor, bias: torch.Tensor) -> None:
