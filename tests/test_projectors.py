@@ -110,11 +110,13 @@ def test_unknown_architecture_or_init_arg_lists_valid_ones():
 def test_init_args_keep_the_exported_format_and_round_trip():
     # the keys projector_config.json and checkpoints have always had: the config's fields plus the mode
     assert LowRankConfig(rank=8, layer_map="terminal").init_args("fuse") == {
-        "layer_map": "terminal", "target_key_norm": True, "rank": 8, "mode": "fuse",
+        "layer_map": "terminal", "target_key_norm": True, "source_window": 0, "rank": 8, "mode": "fuse",
     }  # fmt: skip
     assert IdentityConfig().init_args("replace") == {
-        "layer_map": "proportional", "target_key_norm": False, "mode": "replace",
+        "layer_map": "proportional", "target_key_norm": False, "source_window": 0, "mode": "replace",
     }  # fmt: skip
+    with pytest.raises(ValueError, match="source_window: must be 0 for IdentityConfig"):
+        IdentityConfig(source_window=1)
     s, t = tiny("llama").geometry, tiny("gemma3_text").geometry
     for config in [*SMALL.values(), C2CConfig(hidden=16, depth=1, gate_init=-1.0, hard_gate_in_eval=False)]:
         proj = config.build(s, t, mode="fuse")

@@ -322,6 +322,7 @@ class Series:
     y: list[float | None]
     lo: list[float | None] | None = None
     hi: list[float | None] | None = None
+    points: bool = False  # separate conditions, not a curve: markers with CI bars, no connecting line
 
 
 def line_plot(
@@ -340,10 +341,16 @@ def line_plot(
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
     for s in series:
         y = np.array([np.nan if v is None else v for v in s.y], dtype=float)
-        ax.plot(s.x, y, marker="o", markersize=3, label=s.label)
+        lo = hi = None
         if s.lo is not None and s.hi is not None:
             lo = np.array([np.nan if v is None else v for v in s.lo], dtype=float)
             hi = np.array([np.nan if v is None else v for v in s.hi], dtype=float)
+        if s.points:
+            err = None if lo is None else np.vstack([y - lo, hi - y])
+            ax.errorbar(s.x, y, yerr=err, fmt="D", markersize=4, capsize=3, linestyle="none", label=s.label)
+            continue
+        ax.plot(s.x, y, marker="o", markersize=3, label=s.label)
+        if lo is not None:
             ax.fill_between(s.x, lo, hi, alpha=0.15)
     styles = ["--", ":", "-."]
     for i, (name, value) in enumerate((references or {}).items()):

@@ -117,14 +117,16 @@ def build_report(s, numbers, families, run_, command, trained) -> Report:
             for fam, names in by_family.items():
                 pts = sorted((numbers[source][c]["byte_fraction"], numbers[source][c][metric]) for c in names)
                 series.append(Series(fam, [p[0] for p in pts], [p[1]["mean"] for p in pts],
-                                     [p[1]["ci95"][0] for p in pts], [p[1]["ci95"][1] for p in pts]))  # fmt: skip
+                                     [p[1]["ci95"][0] for p in pts], [p[1]["ci95"][1] for p in pts],
+                                     points=fam in ("spans", "combined")))  # fmt: skip
             png = line_plot(run_.path(f"{metric}_{source}.png"), series,
                             title=f"{label} vs share of cache transferred ({source})",
                             xlabel="share of the context's cache bytes transferred", ylabel=label,
                             references={"full transfer": mean_of(numbers, source, "full", metric),
                                         "shuffled control": mean_of(numbers, source, "control", metric)})  # fmt: skip
             report.plot(f"{label} ({source})", png, f"{label} against the share of cache bytes transferred, per "
-                        "kind of subset (95% CIs shaded); dashed: full transfer; dotted: the shuffled control.")  # fmt: skip
+                        "kind of subset (95% CIs shaded; spans and combined subsets are separate conditions, shown as "
+                        "points with CI bars); dashed: full transfer; dotted: the shuffled control.")  # fmt: skip
         rows = []
         for name, (fam, _) in families.items():
             e = numbers[source][name]

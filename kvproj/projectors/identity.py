@@ -20,6 +20,7 @@ class IdentityConfig(ProjectorConfig):
 
     Args:
         target_key_norm: Must be false: the source keys of the same model are already normalised.
+        source_window: Must be 0: each target layer is one source layer.
     """
 
     architecture: ClassVar[str] = "identity"
@@ -31,6 +32,11 @@ class IdentityConfig(ProjectorConfig):
             raise ValueError(
                 "model.projector.target_key_norm: must be false for IdentityConfig (the keys it passes through "
                 "are already normalised), got true"
+            )
+        if self.source_window != 0:
+            raise ValueError(
+                f"model.projector.source_window: must be 0 for IdentityConfig (it passes one source layer "
+                f"through), got {self.source_window!r}"
             )
 
     def build(self, source: CacheGeometry, target: CacheGeometry, mode: str = "replace") -> IdentityProjector:
