@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from kvproj.cache import KVCache, generate_from_ids, read_cache_internals
+from kvproj.callbacks.progress import loop_progress
 from kvproj.experiments.common import (
     ExperimentSettings,
     Report,
@@ -124,38 +125,40 @@ def read_examples(s: Settings, loaded, rows: list[dict]) -> dict[str, Any]:
     base: dict[str, list] = {b: [] for b in BASELINES}
     labels: dict[str, list] = {"construction": [], "incorrect": []}
     gens = []
-    for r in rows:
-        context = tok("\n\n" + r["context"], add_special_tokens=False).input_ids
-        question = tok(fmt_.middle + r["question"] + fmt_.tail, add_special_tokens=False).input_ids
-        ids = head + instr + context + question
-        start = len(head) + len(instr)
-        prompt = torch.tensor([ids])
-        new = generate_from_ids(loaded.model, prompt, max_new_tokens=s.max_new_tokens)[0].cpu()
-        eos = loaded.model.generation_config.eos_token_id
-        eos = set(eos if isinstance(eos, list) else [eos]) - {None}
-        answer = []
-        for t in new.tolist():
-            if t in eos or t == tok.pad_token_id:
-                break
-            answer.append(t)
-        full = torch.cat([prompt[0], torch.tensor(answer, dtype=prompt.dtype)])[None]
-        kv, logits, hidden, _ = read_cache_internals(loaded.model, full, geometry=loaded.geometry)
-        last = len(ids) - 1
-        f = cache_features(kv, last, slice(start, start + len(context)))
-        feats["keys"].append(f["keys"])
-        feats["values"].append(f["values"])
-        feats["hidden"].append([h[0, last].float().cpu().numpy() for h in hidden[1:]])
-        logp = F.log_softmax(logits[0].float(), -1)
-        base["first_token_entropy"].append(float(-(logp[last].exp() * logp[last]).sum()))
-        scored = [float(logp[last + i, t]) for i, t in enumerate(answer)]
-        base["answer_logprob"].append(float(np.mean(scored)) if scored else 0.0)
-        base["answer_length"].append(float(len(answer)))
-        text = tok.decode(answer, skip_special_tokens=True)
-        correct = bool(behaviour([r], [text])["accuracy"][0]) if r["answerable"] else is_unknown(text)
-        labels["construction"].append(int(not r["answerable"]))
-        labels["incorrect"].append(int(not correct))
-        gens.append({"id": r["id"], "answerable": r["answerable"], "generated": text, "answer": r["answer"],
-                     "correct": correct})  # fmt: skip
+    with loop_progress(len(rows), f"{NAME} {loaded.spec.name}: answers and caches", "prompts") as advance:
+        for r in rows:
+            context = tok("\n\n" + r["context"], add_special_tokens=False).input_ids
+            question = tok(fmt_.middle + r["question"] + fmt_.tail, add_special_tokens=False).input_ids
+            ids = head + instr + context + question
+            start = len(head) + len(instr)
+            prompt = torch.tensor([ids])
+            new = generate_from_ids(loaded.model, prompt, max_new_tokens=s.max_new_tokens)[0].cpu()
+            eos = loaded.model.generation_config.eos_token_id
+            eos = set(eos if isinstance(eos, list) else [eos]) - {None}
+            answer = []
+            for t in new.tolist():
+                if t in eos or t == tok.pad_token_id:
+                    break
+                answer.append(t)
+            full = torch.cat([prompt[0], torch.tensor(answer, dtype=prompt.dtype)])[None]
+            kv, logits, hidden, _ = read_cache_internals(loaded.model, full, geometry=loaded.geometry)
+            last = len(ids) - 1
+            f = cache_features(kv, last, slice(start, start + len(context)))
+            feats["keys"].append(f["keys"])
+            feats["values"].append(f["values"])
+            feats["hidden"].append([h[0, last].float().cpu().numpy() for h in hidden[1:]])
+            logp = F.log_softmax(logits[0].float(), -1)
+            base["first_token_entropy"].append(float(-(logp[last].exp() * logp[last]).sum()))
+            scored = [float(logp[last + i, t]) for i, t in enumerate(answer)]
+            base["answer_logprob"].append(float(np.mean(scored)) if scored else 0.0)
+            base["answer_length"].append(float(len(answer)))
+            text = tok.decode(answer, skip_special_tokens=True)
+            correct = bool(behaviour([r], [text])["accuracy"][0]) if r["answerable"] else is_unknown(text)
+            labels["construction"].append(int(not r["answerable"]))
+            labels["incorrect"].append(int(not correct))
+            gens.append({"id": r["id"], "answerable": r["answerable"], "generated": text, "answer": r["answer"],
+                         "correct": correct})  # fmt: skip
+            advance()
     return {"feats": {k: np.asarray(v) for k, v in feats.items()},  # [N, L, F]
             "baselines": {k: np.asarray(v)[:, None] for k, v in base.items()},
             "labels": {k: np.asarray(v) for k, v in labels.items()}, "generations": gens, "chat": chat}  # fmt: skip
