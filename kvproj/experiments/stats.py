@@ -195,12 +195,25 @@ def probe_predictions(
 
     kind "classify": [n] predicted labels; "score": [n] probability of label 1 (binary); "regress": [n] values.
     A fold whose training part holds one class only predicts that class (score: its frequency)."""
+    x = np.asarray(x, dtype=np.float64)
+    out = np.zeros(len(y), dtype=np.float64 if kind != "classify" else np.asarray(y).dtype)
+    with _one_blas_thread():
+        _fit_folds(x, y, splits, kind, c, seed, out)
+    return out
+
+
+def _one_blas_thread():
+    """Probes are many small fits: BLAS threads only add overhead (and contend with any other work)."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+def _fit_folds(x, y, splits, kind: str, c: float, seed: int, out: np.ndarray) -> None:
     from sklearn.linear_model import LogisticRegression, Ridge
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    x = np.asarray(x, dtype=np.float64)
-    out = np.zeros(len(y), dtype=np.float64 if kind != "classify" else np.asarray(y).dtype)
     for train, test in splits:
         ytr = y[train]
         if kind == "regress":
@@ -217,7 +230,6 @@ def probe_predictions(
         else:
             classes = list(model.classes_)
             out[test] = model.predict_proba(x[test])[:, classes.index(1)] if 1 in classes else 0.0
-    return out
 
 
 def fit_probe(x: np.ndarray, y: np.ndarray, c: float = 1.0, seed: int = 0):
