@@ -274,10 +274,12 @@ def read_cache_internals(
     *,
     geometry: CacheGeometry | None = None,
     attentions: bool = False,
+    all_logits: bool = True,
 ) -> tuple[KVCache, torch.Tensor, list[torch.Tensor], list[torch.Tensor] | None]:
-    """`read_cache` plus what analyses of the cache compare it with: (KVCache, logits [B, T, V], hidden states
-    (num_layers + 1 tensors [B, T, hidden]: the embeddings, then each layer's output), attention weights
-    (num_layers tensors [B, H, T, T], float32; None unless `attentions`)).
+    """`read_cache` plus what analyses of the cache compare it with: (KVCache, logits [B, T, V] (only the last
+    position, [B, 1, V], unless `all_logits`: a batch of long prompts and a large vocabulary makes gigabytes),
+    hidden states (num_layers + 1 tensors [B, T, hidden]: the embeddings, then each layer's output), attention
+    weights (num_layers tensors [B, H, T, T], float32; None unless `attentions`)).
 
     Attention weights need the eager attention path: it is switched on for this call only and restored after.
     """
@@ -287,7 +289,13 @@ def read_cache_internals(
         model.set_attn_implementation("eager")
     try:
         kv, out = _read(
-            model, input_ids, attention_mask, geometry, output_hidden_states=True, output_attentions=attentions
+            model,
+            input_ids,
+            attention_mask,
+            geometry,
+            output_hidden_states=True,
+            output_attentions=attentions,
+            logits_to_keep=0 if all_logits else 1,
         )
     finally:
         if switch and previous is not None:
@@ -422,10 +430,12 @@ def _generate_defaults(model: nn.Module, generate_kwargs: dict) -> None:
     """Greedy unless asked otherwise; the pad id from the model's configs unless given (looked up only then)."""
     generate_kwargs.setdefault("do_sample", False)
     if "pad_token_id" not in generate_kwargs:
-        generate_kwargs["pad_token_id"] = _pad_id(model)
+        generate_kwargs["pad_token_id"] = pad_token_id(model)
 
 
-def _pad_id(model: nn.Module) -> int:
+def pad_token_id(model: nn.Module) -> int:
+    """The id to pad `model`'s inputs with: its generation config's pad id, else its eos id, else the config's
+    pad id, else 0 (padded positions are masked, so any id works; these keep decoded text clean)."""
     gen = getattr(model, "generation_config", None)
     for value in (
         getattr(gen, "pad_token_id", None),

@@ -106,6 +106,35 @@ def test_archaeology_smoke(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ mode batch
+def test_mode_batch_features_of_a_padded_batch_row_equal_those_of_the_prompt_alone():
+    """one_run reads all its prompts as one left-padded batch: each row's per-layer features must be what the
+    prompt alone gives (padding shifts indices, not values)."""
+    from kvproj.cache import pad_token_id, read_cache_internals
+    from kvproj.experiments.mode_batch import distances, layer_features, left_pad
+
+    loaded = tiny("llama")
+    g = torch.Generator().manual_seed(0)
+    seqs = [torch.randint(3, 200, (n,), generator=g).tolist() for n in (30, 22, 41)]
+    start, context_end = 4, 15
+    ids, mask, offsets = left_pad(seqs, pad_token_id(loaded.model))
+    kv, _, _, att = read_cache_internals(loaded.model, ids, mask, geometry=loaded.geometry, attentions=True,
+                                         all_logits=False)  # fmt: skip
+    for i, seq in enumerate(seqs):
+        kv1, _, _, att1 = read_cache_internals(loaded.model, torch.tensor([seq]), geometry=loaded.geometry,
+                                               attentions=True)  # fmt: skip
+        alone = layer_features(kv1, att1, start, len(seq) - 3, context_end)
+        batched = layer_features(kv, att, start, len(seq) - 3, context_end, example=i, offset=offsets[i])
+        for name in alone:
+            np.testing.assert_allclose(batched[name], alone[name], rtol=1e-3, atol=1e-4, err_msg=name)
+    # distance of row 1 to row 0 inside the batch = the distance between the two prompts read alone
+    kv0 = read_cache_internals(loaded.model, torch.tensor([seqs[0]]), geometry=loaded.geometry)[0]
+    kv1 = read_cache_internals(loaded.model, torch.tensor([seqs[1]]), geometry=loaded.geometry)[0]
+    alone = distances(kv1, kv0, start, start, 10)
+    batched = distances(kv, kv, start, start, 10, at=(1, offsets[1]), neutral_at=(0, offsets[0]))
+    for name in alone:
+        np.testing.assert_allclose(batched[name], alone[name], rtol=1e-3, atol=1e-5, err_msg=name)
+
+
 def test_mode_batch_smoke_reproducible_and_resumable(tmp_path):
     r, folder = experiment("mode-batch", tmp_path)
     for label, per in r["numbers"].items():

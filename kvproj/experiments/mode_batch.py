@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from kvproj.cache import generate_from_ids, read_cache_internals
+from kvproj.cache import generate_from_ids, pad_token_id, read_cache_internals
 from kvproj.experiments.common import (
     ExperimentSettings,
     Report,
@@ -168,65 +168,100 @@ class Prompts:
 
 
 # ------------------------------------------------------------------------------------------------ features
-def layer_features(kv, attentions, start: int, prompt_len: int, context_end: int) -> dict[str, list[float]]:
+def layer_features(
+    kv, attentions, start: int, prompt_len: int, context_end: int, example: int = 0, offset: int = 0
+) -> dict[str, list[float]]:
     """Per layer, over the shared text [start, T): key / value norms, context attention entropy, effective
-    ranks. One example (batch 1); keys with RoPE undone."""
+    ranks, for batch row `example`, whose tokens sit `offset` positions right of where this indexing counts them
+    (left padding); keys with RoPE undone."""
     out: dict[str, list[float]] = {f: [] for f in FEATURES if "distance" not in f}
+    b, a0 = example, start + offset
     for layer in range(kv.num_layers):
-        k = kv.unrotated_keys(layer)[0, :, start:].float().permute(1, 0, 2).flatten(1)  # [T', H*D]
-        v = kv.values[layer][0, :, start:].float().permute(1, 0, 2).flatten(1)
+        k = kv.unrotated_keys(layer)[b, :, a0:].float().permute(1, 0, 2).flatten(1)  # [T', H*D]
+        v = kv.values[layer][b, :, a0:].float().permute(1, 0, 2).flatten(1)
         out["key_norm"].append(float(k.norm(dim=-1).mean()))
         out["value_norm"].append(float(v.norm(dim=-1).mean()))
         out["key_rank"].append(effective_rank(k.cpu().numpy()))
         out["value_rank"].append(effective_rank(v.cpu().numpy()))
-        att = attentions[layer][0, :, prompt_len - 1 :, start:context_end]  # [H, queries, context]
+        att = attentions[layer][b, :, offset + prompt_len - 1 :, a0 : offset + context_end]  # [H, queries, ctx]
         p = att / att.sum(-1, keepdim=True).clamp_min(1e-12)
         out["attention_entropy"].append(float(-(p * p.clamp_min(1e-12).log()).sum(-1).mean()))
     return out
 
 
-def distances(kv, neutral, start: int, neutral_start: int, length: int) -> dict[str, list[float]]:
+def distances(kv, neutral, start: int, neutral_start: int, length: int, at: tuple[int, int] = (0, 0),
+              neutral_at: tuple[int, int] = (0, 0)) -> dict[str, list[float]]:  # fmt: skip
     """Per layer: ||X - X_neutral||_F / ||X_neutral||_F over the `length` aligned context + question positions
-    (keys with RoPE undone: the two prompts place them at different positions)."""
+    (keys with RoPE undone: the two prompts place them at different positions). `at` / `neutral_at`: (batch row,
+    left-padding offset) of each in its cache."""
     out: dict[str, list[float]] = {"key_distance": [], "value_distance": []}
+    (b, o), (nb, no) = at, neutral_at
     for layer in range(kv.num_layers):
         for name, get in (("key", lambda c, i: c.unrotated_keys(i)), ("value", lambda c, i: c.values[i])):
-            x = get(kv, layer)[0, :, start : start + length].float()
-            y = get(neutral, layer)[0, :, neutral_start : neutral_start + length].float()
+            x = get(kv, layer)[b, :, o + start : o + start + length].float()
+            y = get(neutral, layer)[nb, :, no + neutral_start : no + neutral_start + length].float()
             out[f"{name}_distance"].append(float((x - y).norm() / y.norm().clamp_min(1e-12)))
+    return out
+
+
+def left_pad(seqs: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """(ids [B, T], mask [B, T], offsets): sequences right-aligned, padding on the left."""
+    from kvproj.data.pairs import mask_rows, pad_rows
+
+    width = max(len(x) for x in seqs)
+    return pad_rows(seqs, pad, left=True), mask_rows(seqs, left=True), [width - len(x) for x in seqs]
+
+
+def answer_tokens(new: torch.Tensor, stop: set[int]) -> list[int]:
+    """A generated row up to and including its first stop token (the rest is the batch's padding)."""
+    out = []
+    for t in new.tolist():
+        out.append(t)
+        if t in stop:
+            break
     return out
 
 
 @torch.no_grad()
 def one_run(s: Settings, loaded, prompts: Prompts, rows: list[dict], run_index: int) -> dict[str, Any]:
-    """One run (sampling seed): the chosen prompts under every instruction; per mode the mean feature per layer."""
+    """One run (sampling seed): the chosen prompts under every instruction, as one batch (sampled answers, then
+    one forward over prompt + answer with attention weights); per mode the mean feature per layer."""
     rng = np.random.default_rng(stat_seed(s.seed, "run", run_index))
     answerable = [r for r in rows if r["answerable"]]
     unanswerable = [r for r in rows if not r["answerable"]]
     chosen = [answerable[i] for i in rng.choice(len(answerable), s.prompts_per_run, replace=False)]
     chosen += [unanswerable[i] for i in rng.choice(len(unanswerable), min(s.prompts_per_run, len(unanswerable)),
                                                    replace=False)]  # fmt: skip
+    items = [(j, mode) for j in range(len(chosen)) for mode in ("neutral", "careful", "confabulate")]
+    built = [prompts.build(chosen[j], mode) for j, mode in items]
+    pad = pad_token_id(loaded.model)
+    ids, mask, _ = left_pad([b[0] for b in built], pad)
+    torch.manual_seed(stat_seed(s.seed, "sample", run_index))
+    new = generate_from_ids(loaded.model, ids, mask, do_sample=True, temperature=s.temperature, top_k=0,
+                            top_p=1.0, max_new_tokens=s.max_new_tokens).cpu()  # fmt: skip
+    eos = loaded.model.generation_config.eos_token_id
+    stop = set(eos if isinstance(eos, list) else [eos]) - {None}
+    answers = [answer_tokens(new[i], stop) for i in range(len(items))]
+    full, full_mask, offsets = left_pad([b[0] + a for b, a in zip(built, answers)], pad)
+    kv, _, _, att = read_cache_internals(loaded.model, full, full_mask, geometry=loaded.geometry, attentions=True,
+                                         all_logits=False)  # fmt: skip
     per_prompt: dict[str, list[dict]] = {m: [] for m in INSTRUCTIONS}
     generations = []
-    for j, row in enumerate(chosen):
+    neutral_of: dict[int, int] = {}
+    for i, ((j, mode), (prompt_ids, start)) in enumerate(zip(items, built)):
+        row = chosen[j]
+        if mode == "neutral":
+            neutral_of[j] = i
+        n = neutral_of[j]
         context_len = len(prompts.tok("\n\n" + row["context"], add_special_tokens=False).input_ids)
-        caches = {}
-        for mode in ("neutral", "careful", "confabulate"):
-            ids, start = prompts.build(row, mode)
-            torch.manual_seed(stat_seed(s.seed, "sample", run_index, j, mode))
-            prompt = torch.tensor([ids])
-            new = generate_from_ids(loaded.model, prompt, do_sample=True, temperature=s.temperature, top_k=0,
-                                    top_p=1.0, max_new_tokens=s.max_new_tokens)[0]  # fmt: skip
-            full = torch.cat([prompt[0], new.cpu()])[None]
-            kv, _, _, att = read_cache_internals(loaded.model, full, geometry=loaded.geometry, attentions=True)
-            caches[mode] = (kv, start)
-            feats = layer_features(kv, att, start, len(ids), start + context_len)
-            feats.update(distances(kv, caches["neutral"][0], start, caches["neutral"][1], len(ids) - start))
-            per_prompt[mode].append(feats)
-            text = prompts.tok.decode(new, skip_special_tokens=True)
-            generations.append({"run": run_index, "id": row["id"], "mode": mode, "answerable": row["answerable"],
-                                "generated": text, "answer": row["answer"],
-                                **{k: v[0] for k, v in behaviour([row], [text]).items()}})  # fmt: skip
+        feats = layer_features(kv, att, start, len(prompt_ids), start + context_len, example=i, offset=offsets[i])
+        feats.update(distances(kv, kv, start, built[n][1], len(prompt_ids) - start, at=(i, offsets[i]),
+                               neutral_at=(n, offsets[n])))  # fmt: skip
+        per_prompt[mode].append(feats)
+        text = prompts.tok.decode(answers[i], skip_special_tokens=True)
+        generations.append({"run": run_index, "id": row["id"], "mode": mode, "answerable": row["answerable"],
+                            "generated": text, "answer": row["answer"],
+                            **{k: v[0] for k, v in behaviour([row], [text]).items()}})  # fmt: skip
     answerable_flags = [r["answerable"] for r in chosen]
 
     def mean_of(items: list[dict]) -> dict[str, list[float]]:
