@@ -270,3 +270,28 @@ def test_progress_lines_when_not_a_terminal(tmp_path, caplog):
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("evaluated ")]
     assert [line.split(",")[0] for line in lines] == ["evaluated 2/6 examples", "evaluated 4/6 examples",
                                                       "evaluated 6/6 examples"]  # fmt: skip
+
+
+def test_ttft_benchmark_times_every_condition_at_every_length(tmp_path):
+    """benchmarks/ttft.py on tiny models: one row per condition and length, contexts at least as long as asked,
+    ratios to target_text, and an existing --json is not overwritten by accident."""
+    import importlib.util
+    import json
+
+    from conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("ttft", ROOT / "benchmarks" / "ttft.py")
+    ttft = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ttft)
+    out = tmp_path / "ttft.json"
+    args = ["--source", "tiny:llama", "--target", "tiny:qwen2", "--lengths", "80", "200", "--repeats", "1",
+            "--hint_tokens", "4", "--json", str(out)]  # fmt: skip
+    assert ttft.main(args) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["length"], r["condition"]) for r in rows] == [
+        (n, c) for n in (80, 200) for c in ("target_text", "projected", "text_to_text")
+    ]
+    assert all(r["context_tokens"] >= r["length"] and r["ms"] > 0 for r in rows)
+    assert all(r["ratio_to_target_text"] == 1.0 for r in rows if r["condition"] == "target_text")
+    with pytest.raises(SystemExit):
+        ttft.main(args)  # --json exists, no --overwrite

@@ -30,7 +30,7 @@ from kvproj.data.pairs import PairCodec, mask_rows, pad_rows
 from kvproj.eval import metrics
 from kvproj.losses import kl_per_example
 from kvproj.pair import FrozenPair
-from kvproj.transfer import CacheTransfer
+from kvproj.transfer import CacheTransfer, head_fallback
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +175,6 @@ class FactsEvaluator:
     def _projected(self, batch: dict[str, Any], transfer: CacheTransfer, fresh_source: bool = False) -> KVCache:
         """Project the batch's source cache. `fresh_source` re-runs the source (so `projected`'s latency counts
         the source prefill); the controls reuse the cache `add_caches` already made."""
-        source = batch["source_cache"]
         if fresh_source:
             source = read_cache(
                 self.pair.source.model,
@@ -183,6 +182,8 @@ class FactsEvaluator:
                 batch["source_mask"],
                 geometry=self.pair.source.geometry,
             )
+        else:
+            source = batch["source_cache"]
         return transfer(
             source, batch["align_index"], batch["target_prefix_mask"], fallback=batch.get("target_head")
         )
@@ -235,6 +236,26 @@ class FactsEvaluator:
             return prefix, hints, torch.zeros(len(raw), 0, dtype=torch.long)
         new = self._generate(prefix, self.pair.target.model, batch["question_ids"], batch["question_mask"])
         return prefix, hints, new
+
+    @torch.no_grad()
+    def time_to_first_token(self, condition: str, raw: list[dict[str, Any]]) -> float:
+        """Seconds from the raw examples' tokens to the target's first answer token under `condition`: everything
+        the condition needs (`target_text`: the target reads the context; `projected`: the source reads it and
+        the projector maps its cache; `text_to_text`: the source reads it, writes its hint, the target reads the
+        hint), then the question and one greedy token. Tokenization is not counted."""
+        batch = self.codec.collate([self.codec.encode(e) for e in raw])
+        target = self.pair.target
+        batch = {k: v.to(target.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        head = self.pair.target_head()  # the target-native head (BOS, chat opening): the same for every prompt
+        batch["target_head"] = head_fallback(head, batch["target_prefix_mask"]) if head is not None else None
+
+        def first_token():
+            prefix, _ = self._prefix(condition, batch, raw)
+            return generate_with_cache(target.model, prefix, batch["question_ids"], batch["question_mask"],
+                                       max_new_tokens=1)  # fmt: skip
+
+        _, seconds = self._timed(first_token)
+        return seconds
 
     # --------------------------------------------------------------------------------------------- scoring
     def _generate(self, prefix: KVCache | None, model, question_ids, question_mask) -> torch.Tensor:
