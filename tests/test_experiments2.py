@@ -63,6 +63,21 @@ def test_a_planted_mode_difference_is_found_with_its_sign_and_a_null_is_not():
     assert abs(st.split_half(rng.normal(size=(30, 12)), rng.normal(size=(30, 12)), seed=0)["r"]) < 0.5
 
 
+def test_a_large_effect_stays_significant_after_correcting_over_many_layers():
+    """With 1,000 permutations the smallest two-sided p is ~0.002, and Holm over 30 layers makes that 0.06: no
+    effect could pass. compare() uses enough permutations for the number of layers."""
+    from kvproj.experiments.mode_batch import compare
+
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(30, 30)), rng.normal(size=(30, 30))
+    b[:, 7] += 3.0
+    rows = compare(a, b, seed=0, resamples=1000, correction="holm")
+    assert rows[7]["p_corrected"] < 0.01
+    assert min(range(30), key=lambda i: rows[i]["p_corrected"]) == 7
+    # Holm keeps the family-wise error at 5%: a null layer may pass by chance now and then (here one, at 0.048)
+    assert sum(r["p_corrected"] <= 0.05 for i, r in enumerate(rows) if i != 7) <= 1
+
+
 # ------------------------------------------------------------------------------------------------ archaeology
 def test_a_feature_written_into_one_layers_values_is_decoded_there_and_not_by_the_control():
     from kvproj.experiments.archaeology import Settings, contexts, features, probe_task, task_labels, token_rows

@@ -56,6 +56,7 @@ from kvproj.pair import DEFAULT_QUESTION_TEMPLATE
 
 NAME = "mode-batch"
 INSTRUCTIONS = ("careful", "confabulate", "neutral")
+PERMUTATIONS_PER_TEST = 400  # see `compare`
 SITUATIONS = ("in_context", "not_in_context")
 MODES = INSTRUCTIONS + SITUATIONS
 FEATURES = ("key_norm", "value_norm", "attention_entropy", "key_rank", "value_rank", "key_distance",
@@ -276,8 +277,15 @@ def one_run(s: Settings, loaded, prompts: Prompts, rows: list[dict], run_index: 
 # ------------------------------------------------------------------------------------------------ statistics
 def compare(a: np.ndarray, b: np.ndarray, seed: int, resamples: int, correction: str) -> list[dict[str, Any]]:
     """Per layer (columns of a, b: [runs, layers]): Cohen's d of a - b with its bootstrap CI, the permutation
-    p-value and the p-value corrected over the layers."""
-    rows = [effect(a[:, i], b[:, i], stat_seed(seed, "layer", i), resamples) for i in range(a.shape[1])]
+    p-value and the p-value corrected over the layers.
+
+    A permutation p-value cannot go below about 2 / (permutations + 1) (two-sided), and the correction multiplies
+    it by up to the number of layers: with 1,000 permutations and 30 layers no effect, however large, could reach
+    a corrected 0.05. So the permutations are at least `PERMUTATIONS_PER_TEST` (400) x layers (the smallest
+    reachable corrected p-value is then 0.005), whatever `resamples` (the bootstrap's) is."""
+    layers = a.shape[1]
+    permutations = max(resamples, PERMUTATIONS_PER_TEST * layers)
+    rows = [effect(a[:, i], b[:, i], stat_seed(seed, "layer", i), resamples, permutations) for i in range(layers)]
     for row, p in zip(rows, correct([r["p"] for r in rows], correction)):
         row["p_corrected"] = p
     return rows

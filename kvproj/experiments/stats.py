@@ -30,9 +30,12 @@ def cohens_d(a: Sequence[float], b: Sequence[float]) -> float:
     return float(diff / pooled)
 
 
-def effect(a: Sequence[float], b: Sequence[float], seed: int, resamples: int = 1000) -> dict[str, Any]:
-    """Cohen's d of a - b with its percentile-bootstrap 95% CI (groups resampled independently, scipy) and the
-    two-sided permutation-test p-value of the difference of means (scipy; exact when the permutations are few)."""
+def effect(
+    a: Sequence[float], b: Sequence[float], seed: int, resamples: int = 1000, permutations: int | None = None
+) -> dict[str, Any]:
+    """Cohen's d of a - b with its percentile-bootstrap 95% CI (`resamples` groups resampled independently, scipy)
+    and the two-sided permutation-test p-value of the difference of means (`permutations`, default `resamples`;
+    scipy; exact when the permutations are few)."""
     from scipy import stats
 
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
@@ -48,7 +51,7 @@ def effect(a: Sequence[float], b: Sequence[float], seed: int, resamples: int = 1
     return {
         "d": d,
         "ci95": [float(lo), float(hi)],
-        "p": permutation_p(a, b, seed + 1, resamples),
+        "p": permutation_p(a, b, seed + 1, permutations or resamples),
         "diff": float(a.mean() - b.mean()),
         "n": [len(a), len(b)],
     }
