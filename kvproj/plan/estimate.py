@@ -218,7 +218,9 @@ def estimate(
     mixed = MIXED.get(s.precision)
     pb = _bytes(mixed) if mixed else 4  # projector outputs: float32 parameters, autocast lowers matmul outputs
     Lt, Wt, Ws = tgt.num_layers, tgt.kv_width, src.kv_width
-    used = len(set(proj.layer_map))
+    windows = proj.source_layers or [[s_] for s_ in proj.layer_map]
+    used = len({s_ for w in windows for s_ in w})
+    read = len(windows[0])  # source layers side by side in each target layer's input (source_window)
     terms: dict[str, int] = {}
     notes: dict[str, str] = {}
 
@@ -257,7 +259,7 @@ def estimate(
     add("projected_cache", projected, f"keys + values, {Lt} layers x {B} x {Tp} tokens x {Wt}")
     # the projector's saved inputs (to_tokens copies of the gathered source keys/values, per target layer), the
     # projected keys before the target's key norm, and the cast into the target's dtype when it differs
-    saved = 2 * Lt * B * Tp * Ws * (pb if mixed else sb)
+    saved = 2 * Lt * B * Tp * Ws * read * (pb if mixed else sb)
     if proj.architecture == "lowrank":
         saved += 2 * Lt * B * Tp * s.projector.rank * pb
     elif proj.architecture == "c2c":

@@ -228,6 +228,7 @@ class ProjectorShape:
     tensors: int  # parameter tensors (AdamW keeps one float32 `step` scalar per tensor)
     layer_map: list[int]
     mode: str
+    source_layers: list[list[int]] | None = None  # per target layer, the source layers it reads (a window)
 
     @property
     def bytes(self) -> int:
@@ -248,8 +249,9 @@ def projector_shape(config: Any, mode: str, source: ModelShape, target: ModelSha
         projector = config.build(geometry(source), geometry(target), mode)
     params = [p for p in projector.parameters() if p.requires_grad]
     return ProjectorShape(
-        projector.architecture, sum(p.numel() for p in params), len(params), list(projector.layer_map), mode
-    )
+        projector.architecture, sum(p.numel() for p in params), len(params), list(projector.layer_map), mode,
+        [list(x) for x in projector.source_layers],
+    )  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------ sequence lengths
