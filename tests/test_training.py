@@ -54,7 +54,7 @@ def test_smoke_fit_writes_outputs_and_resumes(tmp_path):
     assert state["kvproj"]["target"]["name"] == "tiny:gemma3_text"
     assert state["kvproj"]["projector"] == "linear"
     assert state["kvproj"]["projector_init_args"] == {
-        "layer_map": "proportional", "target_key_norm": True, "bias": True, "mode": "replace",
+        "layer_map": "proportional", "target_key_norm": True, "source_window": 0, "bias": True, "mode": "replace",
     }  # fmt: skip
     # stdout is a pipe here: plain progress lines every trainer.log_every_n_steps (5) steps and at the end
     lines = [line for line in first.stdout.splitlines() if line.startswith("step ")]
@@ -359,7 +359,7 @@ def test_bad_settings_name_the_setting():
     module = KVProjectorModule(pair=dm.pair, projector=LowRankConfig(rank=4))
     assert module.hparams.projector == {  # recorded as the CLI records it: JSON-friendly for the export
         "class_path": "kvproj.projectors.lowrank.LowRankConfig",
-        "init_args": {"layer_map": "proportional", "target_key_norm": True, "rank": 4},
+        "init_args": {"layer_map": "proportional", "target_key_norm": True, "source_window": 0, "rank": 4},
     }
     with pytest.raises(ValueError, match="at least one of answer_weight"):
         KVProjectorModule(pair=dm.pair, answer_weight=0.0)
