@@ -22,6 +22,7 @@ import sys
 
 import torch
 
+from kvproj.adapters.attention import key_norms
 from kvproj.atomic import atomic_write
 from kvproj.data.facts import FactsConfig, train_example
 from kvproj.eval.facts import EvalSettings, FactsEvaluator
@@ -57,16 +58,10 @@ def build(args) -> FactsEvaluator:
         pair = FrozenPair(ModelSpec(args.source, dtype=args.dtype, device=args.device),
                           ModelSpec(args.target, dtype=args.dtype, device=args.device))  # fmt: skip
         projector = LinearConfig().build(pair.source.geometry, pair.target.geometry)
-        transfer = CacheTransfer(projector.to(pair.target.device).eval(), _key_norms(pair))
+        transfer = CacheTransfer(projector.to(pair.target.device).eval(), key_norms(pair.target.model))
     codec = pair.codec(max_context_tokens=None)
     settings = EvalSettings(batch_size=1, max_new_tokens=1, hint_tokens=args.hint_tokens, conditions=CONDITIONS)
     return FactsEvaluator(pair, codec, transfer, None, settings)
-
-
-def _key_norms(pair):
-    from kvproj.adapters.attention import key_norms
-
-    return key_norms(pair.target.model)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -199,6 +199,16 @@ class KVCache:
             positions=self.positions[index],
         )
 
+    def prefix(self, length: int) -> KVCache:
+        """The first `length` positions (e.g. a cache without its last token, to feed that token again)."""
+        return replace(
+            self,
+            keys=[k[:, :, :length] for k in self.keys],
+            values=[v[:, :, :length] for v in self.values],
+            attention_mask=self.attention_mask[:, :length],
+            positions=self.positions[:, :length],
+        )
+
     def unrotated_keys(self, layer: int) -> torch.Tensor:
         """Keys of `layer` with the model's rotation undone: [B, H_kv, T, D]."""
         if self.geometry is None:
@@ -431,6 +441,12 @@ def _generate_defaults(model: nn.Module, generate_kwargs: dict) -> None:
     generate_kwargs.setdefault("do_sample", False)
     if "pad_token_id" not in generate_kwargs:
         generate_kwargs["pad_token_id"] = pad_token_id(model)
+
+
+def stop_token_ids(model: nn.Module) -> set[int]:
+    """The ids that end `model`'s generation (its generation config's eos id or ids)."""
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    return set(eos if isinstance(eos, list) else [eos]) - {None}
 
 
 def pad_token_id(model: nn.Module) -> int:

@@ -232,19 +232,6 @@ def save_command(
              loaded.geometry.summary())  # fmt: skip
 
 
-def trim(kv: KVCache, length: int) -> KVCache:
-    """The first `length` positions of `kv`."""
-    from dataclasses import replace
-
-    return replace(
-        kv,
-        keys=[k[:, :, :length] for k in kv.keys],
-        values=[v[:, :, :length] for v in kv.values],
-        attention_mask=kv.attention_mask[:, :length],
-        positions=kv.positions[:, :length],
-    )
-
-
 def load_command(
     file: str,
     model: str,
@@ -268,7 +255,7 @@ def load_command(
         check: Also let the model re-read the cached text itself and compare: the largest logit difference at
             the first generated position and how many greedy tokens agree (needs the tokens in the file).
     """
-    from kvproj.cache import forward_with_cache, generate_from_ids, generate_with_cache
+    from kvproj.cache import forward_with_cache, generate_from_ids, generate_with_cache, read_cache
     from kvproj.models import ModelSpec, load_model
 
     if max_new_tokens < 1:
@@ -284,7 +271,7 @@ def load_command(
         follow = follow.to(loaded.device)
     else:  # re-read the last cached token: the cache without it, and the token as the first input
         follow = ids[:, -1:]
-        kv = trim(kv, kv.length - 1)
+        kv = kv.prefix(kv.length - 1)
     with torch.no_grad():
         new = generate_with_cache(loaded.model, kv, follow, max_new_tokens=max_new_tokens)
     print(loaded.tokenizer.decode(new[0], skip_special_tokens=True))
@@ -293,7 +280,7 @@ def load_command(
         with torch.no_grad():
             own = generate_from_ids(loaded.model, full, max_new_tokens=max_new_tokens)
             cached = forward_with_cache(loaded.model, kv, follow)[:, -1].float()
-            reread = loaded.model(input_ids=full).logits[:, -1].float()
+            reread = read_cache(loaded.model, full, geometry=loaded.geometry, return_logits=True)[1][:, -1].float()
         n = min(own.shape[1], new.shape[1])
         agree = int((own[0, :n] == new[0, :n]).sum())
         print(f"check: max logit difference {float((cached - reread).abs().max()):.3g} at the first generated "

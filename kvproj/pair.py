@@ -127,6 +127,13 @@ class FrozenPair:
             geometry=self.target.geometry,
         )
 
+    def add_target_head(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """`batch["target_head"]`: the target-native head (BOS, chat opening), computed once, broadcast to the
+        batch's left-padded prefixes (the fallback where no source position stands in); None without a head."""
+        head = self.target_head()
+        batch["target_head"] = head_fallback(head, batch["target_prefix_mask"]) if head is not None else None
+        return batch
+
     @torch.no_grad()
     def add_caches(self, batch: dict[str, Any], with_target_cache: bool = True) -> dict[str, Any]:
         """Run the frozen models on a collated batch (on its device): the source cache of the context, the
@@ -135,8 +142,7 @@ class FrozenPair:
         batch["source_cache"] = read_cache(
             self.source.model, batch["source_ids"], batch["source_mask"], geometry=self.source.geometry
         )
-        head = self.target_head()
-        batch["target_head"] = head_fallback(head, batch["target_prefix_mask"]) if head is not None else None
+        self.add_target_head(batch)
         if with_target_cache:
             batch["target_cache"] = self.target_cache(batch)
         return batch

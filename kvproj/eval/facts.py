@@ -30,7 +30,7 @@ from kvproj.data.pairs import PairCodec, mask_rows, pad_rows
 from kvproj.eval import metrics
 from kvproj.losses import kl_per_example
 from kvproj.pair import FrozenPair
-from kvproj.transfer import CacheTransfer, head_fallback
+from kvproj.transfer import CacheTransfer
 
 log = logging.getLogger(__name__)
 
@@ -246,8 +246,7 @@ class FactsEvaluator:
         batch = self.codec.collate([self.codec.encode(e) for e in raw])
         target = self.pair.target
         batch = {k: v.to(target.device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        head = self.pair.target_head()  # the target-native head (BOS, chat opening): the same for every prompt
-        batch["target_head"] = head_fallback(head, batch["target_prefix_mask"]) if head is not None else None
+        self.pair.add_target_head(batch)  # computed once per pair: not part of any condition's time
 
         def first_token():
             prefix, _ = self._prefix(condition, batch, raw)

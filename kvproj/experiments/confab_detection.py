@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kvproj.cache import KVCache, generate_from_ids, read_cache_internals
+from kvproj.cache import KVCache, generate_from_ids, read_cache_internals, stop_token_ids
 from kvproj.callbacks.progress import loop_progress
 from kvproj.experiments.common import (
     ExperimentSettings,
@@ -125,6 +125,7 @@ def read_examples(s: Settings, loaded, rows: list[dict]) -> dict[str, Any]:
     base: dict[str, list] = {b: [] for b in BASELINES}
     labels: dict[str, list] = {"construction": [], "incorrect": []}
     gens = []
+    stop = stop_token_ids(loaded.model) | ({tok.pad_token_id} - {None})  # the answer ends before these
     with loop_progress(len(rows), f"{NAME} {loaded.spec.name}: answers and caches", "prompts") as advance:
         for r in rows:
             context = tok("\n\n" + r["context"], add_special_tokens=False).input_ids
@@ -133,11 +134,9 @@ def read_examples(s: Settings, loaded, rows: list[dict]) -> dict[str, Any]:
             start = len(head) + len(instr)
             prompt = torch.tensor([ids])
             new = generate_from_ids(loaded.model, prompt, max_new_tokens=s.max_new_tokens)[0].cpu()
-            eos = loaded.model.generation_config.eos_token_id
-            eos = set(eos if isinstance(eos, list) else [eos]) - {None}
             answer = []
             for t in new.tolist():
-                if t in eos or t == tok.pad_token_id:
+                if t in stop:
                     break
                 answer.append(t)
             full = torch.cat([prompt[0], torch.tensor(answer, dtype=prompt.dtype)])[None]

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from kvproj.cache import generate_from_ids, pad_token_id, read_cache_internals
+from kvproj.cache import generate_from_ids, pad_token_id, read_cache_internals, stop_token_ids
 from kvproj.experiments.common import (
     ExperimentSettings,
     Report,
@@ -240,8 +240,7 @@ def one_run(s: Settings, loaded, prompts: Prompts, rows: list[dict], run_index: 
     torch.manual_seed(stat_seed(s.seed, "sample", run_index))
     new = generate_from_ids(loaded.model, ids, mask, do_sample=True, temperature=s.temperature, top_k=0,
                             top_p=1.0, max_new_tokens=s.max_new_tokens).cpu()  # fmt: skip
-    eos = loaded.model.generation_config.eos_token_id
-    stop = set(eos if isinstance(eos, list) else [eos]) - {None}
+    stop = stop_token_ids(loaded.model)
     answers = [answer_tokens(new[i], stop) for i in range(len(items))]
     full, full_mask, offsets = left_pad([b[0] + a for b, a in zip(built, answers)], pad)
     kv, _, _, att = read_cache_internals(loaded.model, full, full_mask, geometry=loaded.geometry, attentions=True,

@@ -241,9 +241,10 @@ def fit_probe(x: np.ndarray, y: np.ndarray, c: float = 1.0, seed: int = 0):
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000, random_state=seed)).fit(
-        np.asarray(x, dtype=np.float64), y
-    )
+    with _one_blas_thread():
+        return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000, random_state=seed)).fit(
+            np.asarray(x, dtype=np.float64), y
+        )
 
 
 def r2_with_ci(y: np.ndarray, pred: np.ndarray, seed: int, resamples: int = 1000) -> dict[str, Any]:

@@ -218,9 +218,8 @@ def estimate(
     mixed = MIXED.get(s.precision)
     pb = _bytes(mixed) if mixed else 4  # projector outputs: float32 parameters, autocast lowers matmul outputs
     Lt, Wt, Ws = tgt.num_layers, tgt.kv_width, src.kv_width
-    windows = proj.source_layers or [[s_] for s_ in proj.layer_map]
-    used = len({s_ for w in windows for s_ in w})
-    read = len(windows[0])  # source layers side by side in each target layer's input (source_window)
+    used = len({layer for window in proj.source_layers for layer in window})
+    read = len(proj.source_layers[0])  # source layers side by side in each target layer's input (source_window)
     terms: dict[str, int] = {}
     notes: dict[str, str] = {}
 

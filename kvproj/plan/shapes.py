@@ -228,7 +228,7 @@ class ProjectorShape:
     tensors: int  # parameter tensors (AdamW keeps one float32 `step` scalar per tensor)
     layer_map: list[int]
     mode: str
-    source_layers: list[list[int]] | None = None  # per target layer, the source layers it reads (a window)
+    source_layers: list[list[int]]  # per target layer, the source layers it reads (one, or a source_window)
 
     @property
     def bytes(self) -> int:
