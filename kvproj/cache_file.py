@@ -260,6 +260,7 @@ def load_command(
 
     if max_new_tokens < 1:
         raise ValueError(f"--max_new_tokens: got {max_new_tokens}, valid: 1 or more")
+    read_metadata(file)  # a missing or foreign file fails before any model is loaded
     loaded = load_model(ModelSpec(model, dtype=dtype, device=device))
     kv, ids = load_cache(file, loaded)
     if ids is None and (not prompt or check):
