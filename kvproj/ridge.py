@@ -12,7 +12,7 @@ import torch
 
 from kvproj.adapters.attention import captured_key_projections, key_norms
 from kvproj.rope import undo_rope
-from kvproj.transfer import gather_positions
+from kvproj.transfer import gather_source_tokens
 
 log = logging.getLogger(__name__)
 RIDGE_STREAM_OFFSET = 1_000_000_000  # examples used for the fit come from far past any training position
@@ -73,8 +73,9 @@ def ridge_init(module: Any, datamodule: Any, batches: int | None = None, lam: fl
             src_v: dict[int, torch.Tensor] = {}
             for s in sorted({s for layers in proj.source_layers for s in layers}):
                 keys = undo_rope(source.keys[s], source.positions, proj.source_geometry.rope[s])
-                src_k[s] = _tokens(gather_positions(keys, gather))[valid].double()
-                src_v[s] = _tokens(gather_positions(source.values[s], gather))[valid].double()
+                n, mask = proj.source_tokens, source.attention_mask  # the features CacheTransfer gathers
+                src_k[s] = _tokens(gather_source_tokens(keys, gather, n, mask))[valid].double()
+                src_v[s] = _tokens(gather_source_tokens(source.values[s], gather, n, mask))[valid].double()
             for t, layers in enumerate(proj.source_layers):
                 # several source layers: their features side by side, in the order Projector.stack puts them
                 x_k = torch.cat([src_k[s] for s in layers], dim=1)  # [N, n * Hs*Ds]

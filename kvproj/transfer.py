@@ -18,6 +18,20 @@ def gather_positions(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return x.gather(2, index[:, None, :, None].expand(b, h, index.shape[1], d))
 
 
+def gather_source_tokens(x: torch.Tensor, index: torch.Tensor, tokens: int, mask: torch.Tensor) -> torch.Tensor:
+    """The source cache at each target token's aligned position and the `tokens - 1` positions before it, side by
+    side as extra heads: x [B, Hs, Ts, Ds], index [B, Tt] (values in 0..Ts-1), mask [B, Ts] (the source's
+    attention mask) -> [B, tokens * Hs, Tt, Ds], heads [aligned, aligned - 1, ...]. An earlier position before
+    the start of the tensor or on source padding reads zeros."""
+    out = [gather_positions(x, index)]  # the aligned position, as the alignment gives it
+    for j in range(1, tokens):
+        shifted = index - j
+        idx = shifted.clamp(min=0)
+        real = (shifted >= 0) & mask.gather(1, idx).bool()  # [B, Tt]
+        out.append(gather_positions(x, idx) * real[:, None, :, None].to(x.dtype))
+    return out[0] if tokens == 1 else torch.cat(out, dim=1)
+
+
 class CacheTransfer(nn.Module):
     """Wraps a projector with the fixed (non-trainable) steps around it.
 
@@ -57,8 +71,9 @@ class CacheTransfer(nn.Module):
         source_values: list[torch.Tensor | None] = [None] * sg.num_layers
         for s in sorted(used):
             keys = undo_rope(source.keys[s], source.positions, sg.rope[s])  # [B, Hs, Ts, Ds]
-            source_keys[s] = gather_positions(keys, gather_idx)  # [B, Hs, Tt, Ds]
-            source_values[s] = gather_positions(source.values[s], gather_idx)
+            n, mask = p.source_tokens, source.attention_mask
+            source_keys[s] = gather_source_tokens(keys, gather_idx, n, mask)  # [B, n * Hs, Tt, Ds]
+            source_values[s] = gather_source_tokens(source.values[s], gather_idx, n, mask)
         positions = positions_from_mask(target_mask)
         base_keys = base_values = None
         if target_base is not None:

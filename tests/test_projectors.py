@@ -23,7 +23,7 @@ from kvproj.projectors import (
 )
 from kvproj.projectors.io import ProjectorMismatchError, load_projector, save_projector
 from kvproj.projectors.layer_map import source_windows
-from kvproj.transfer import CacheTransfer
+from kvproj.transfer import CacheTransfer, gather_source_tokens
 
 PAIRS = [("llama", "gemma3_text"), ("gpt2", "qwen2"), ("gemma3_text", "phi3"), ("gpt_neox", "mistral")]
 SMALL = {"linear": LinearConfig(), "lowrank": LowRankConfig(rank=8), "c2c": C2CConfig(hidden=32)}
@@ -110,10 +110,12 @@ def test_unknown_architecture_or_init_arg_lists_valid_ones():
 def test_init_args_keep_the_exported_format_and_round_trip():
     # the keys projector_config.json and checkpoints have always had: the config's fields plus the mode
     assert LowRankConfig(rank=8, layer_map="terminal").init_args("fuse") == {
-        "layer_map": "terminal", "target_key_norm": True, "source_window": 0, "rank": 8, "mode": "fuse",
+        "layer_map": "terminal", "target_key_norm": True, "source_window": 0, "source_tokens": 1, "rank": 8,
+        "mode": "fuse",
     }  # fmt: skip
     assert IdentityConfig().init_args("replace") == {
-        "layer_map": "proportional", "target_key_norm": False, "source_window": 0, "mode": "replace",
+        "layer_map": "proportional", "target_key_norm": False, "source_window": 0, "source_tokens": 1,
+        "mode": "replace",
     }  # fmt: skip
     with pytest.raises(ValueError, match="source_window: must be 0 for IdentityConfig"):
         IdentityConfig(source_window=1)
@@ -184,6 +186,64 @@ def test_same_model_identity_start_is_exact_with_a_window():
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
     shares = proj.source_layer_shares()
     assert all(shares[t][s_] == 1.0 for t, s_ in enumerate(proj.layer_map))
+
+
+@pytest.mark.parametrize("architecture", LEARNED)
+def test_every_architecture_reads_source_tokens(architecture, tmp_path):
+    s, t, source_kv, _, ids, mask = _caches("llama", "gemma3_text")
+    proj = dataclasses.replace(SMALL[architecture], source_tokens=2).build(s.geometry, t.geometry)
+    assert proj.in_width == 2 * s.geometry.width
+    index = torch.arange(ids.shape[1]).expand_as(ids).clone()
+    out = CacheTransfer(proj, key_norms(t.model))(source_kv, index, mask)
+    assert all(k.shape == (2, t.geometry.num_kv_heads, ids.shape[1], t.geometry.head_dim) for k in out.keys)
+    save_projector(tmp_path / "p", proj, s.spec.to_dict(), t.spec.to_dict())
+    again, stored = load_projector(tmp_path / "p", s.geometry, t.geometry)
+    assert again.source_tokens == 2 and stored["init_args"]["source_tokens"] == 2
+    shares = stored["source_token_shares"]
+    assert shares is None if architecture == "c2c" else abs(sum(shares) - 1) < 1e-6
+
+
+def test_gather_source_tokens_reads_the_aligned_position_and_those_before_it():
+    x = torch.arange(2 * 5, dtype=torch.float32).reshape(2, 1, 5, 1)  # [B=2, H=1, Ts=5, D=1]: value = 5b + position
+    mask = torch.tensor([[1, 1, 1, 1, 1], [0, 0, 1, 1, 1]])  # row 1 left-padded: its text starts at position 2
+    index = torch.tensor([[0, 2, 4], [2, 3, 4]])
+    out = gather_source_tokens(x, index, 3, mask)  # heads: aligned, aligned - 1, aligned - 2
+    assert out.shape == (2, 3, 3, 1)
+    assert out[0, :, :, 0].tolist() == [[0, 2, 4], [0, 1, 3], [0, 0, 2]]  # before position 0: zeros
+    assert out[1, :, :, 0].tolist() == [[7, 8, 9], [0, 7, 8], [0, 0, 7]]  # on padding: zeros
+    torch.testing.assert_close(gather_source_tokens(x, index, 1, mask)[:, 0], out[:, 0])
+
+
+def test_source_tokens_reads_earlier_source_positions():
+    s, t, source_kv, _, ids, mask = _caches("llama", "llama")
+    proj = LinearConfig(source_tokens=2, source_window=1).build(s.geometry, s.geometry)
+    assert proj.in_width == 2 * 3 * s.geometry.width
+    index = torch.arange(ids.shape[1]).expand_as(ids).clone()
+    transfer = CacheTransfer(proj, key_norms(s.model))
+    with torch.no_grad():
+        out = transfer(source_kv, index, mask)
+    for a, b in zip(out.keys + out.values, source_kv.keys + source_kv.values):  # identity start: exact
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    assert proj.source_token_shares() == [1.0, 0.0]
+    # the map moved to the block of the position before: each value becomes the previous position's value
+    width = s.geometry.width
+    with torch.no_grad():
+        for t_, layers in enumerate(proj.source_layers):
+            w = proj.values[t_].weight
+            w.zero_()
+            block = layers.index(proj.layer_map[t_]) * 2 + 1
+            w[:, block * width : (block + 1) * width].copy_(torch.eye(width))
+        out = transfer(source_kv, index, mask)
+    for t_, s_ in enumerate(proj.layer_map):
+        v, src = out.values[t_], source_kv.values[s_]
+        torch.testing.assert_close(v[0, :, 1:], src[0, :, :-1], atol=1e-5, rtol=0)
+        assert v[0, :, 0].abs().max() == 0  # nothing before the first position
+        assert v[1, :, 3].abs().max() == 0  # row 1's first real position: the one before it is padding
+        torch.testing.assert_close(v[1, :, 4:], src[1, :, 3:-1], atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="model.projector.source_tokens: got 0; valid: an int >= 1"):
+        LinearConfig(source_tokens=0)
+    with pytest.raises(ValueError, match="source_tokens: must be 1 for IdentityConfig"):
+        IdentityConfig(source_tokens=2)
 
 
 @pytest.mark.parametrize("architecture", LEARNED)

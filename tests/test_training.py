@@ -54,7 +54,8 @@ def test_smoke_fit_writes_outputs_and_resumes(tmp_path):
     assert state["kvproj"]["target"]["name"] == "tiny:gemma3_text"
     assert state["kvproj"]["projector"] == "linear"
     assert state["kvproj"]["projector_init_args"] == {
-        "layer_map": "proportional", "target_key_norm": True, "source_window": 0, "bias": True, "mode": "replace",
+        "layer_map": "proportional", "target_key_norm": True, "source_window": 0, "source_tokens": 1, "bias": True,
+        "mode": "replace",
     }  # fmt: skip
     # stdout is a pipe here: plain progress lines every trainer.log_every_n_steps (5) steps and at the end
     lines = [line for line in first.stdout.splitlines() if line.startswith("step ")]
@@ -344,6 +345,32 @@ def test_ridge_with_a_source_window_finds_the_source_layer_that_carries_each_tar
     assert modules[0].projector.source_layer_shares() is None
 
 
+def test_ridge_with_source_tokens_keeps_the_aligned_position_when_it_carries_everything():
+    """Planted: same model, so the target's cache at each position IS the source's at the aligned one; with the
+    position before it also on offer (`source_tokens: 2`), the fit stays (nearly) exact and puts its weight on the
+    aligned position."""
+    from kvproj.losses import reconstruction
+    from kvproj.ridge import ridge_init
+
+    same = ModelSpec("tiny:llama", seed=1)
+    dm = _dm(source=same, target=same)
+    batch = _batch(dm, start=500)
+    valid = batch["target_prefix_mask"].bool() & (batch["align_index"] >= 0)
+    own = dm.pair.target_cache(batch)
+    module = KVProjectorModule(
+        pair=dm.pair, projector=LinearConfig(source_tokens=2), ridge_batches=4, ridge_lambda=1e-6
+    )
+    with torch.no_grad():
+        for p in module.projector.parameters():
+            p.normal_()  # not the identity start: the fit must find it
+        far = reconstruction(module.project(batch), own, valid)[0].item()
+        ridge_init(module, dm)
+        near = reconstruction(module.project(batch), own, valid)[0].item()
+    assert near < 1e-4 * far
+    shares = module.projector.source_token_shares()
+    assert shares[0] > 0.99, shares
+
+
 def test_bad_settings_name_the_setting():
     with pytest.raises(ValueError, match="data.protocol: got 'both'; valid: masked, shared"):
         _dm(protocol="both")
@@ -359,7 +386,9 @@ def test_bad_settings_name_the_setting():
     module = KVProjectorModule(pair=dm.pair, projector=LowRankConfig(rank=4))
     assert module.hparams.projector == {  # recorded as the CLI records it: JSON-friendly for the export
         "class_path": "kvproj.projectors.lowrank.LowRankConfig",
-        "init_args": {"layer_map": "proportional", "target_key_norm": True, "source_window": 0, "rank": 4},
+        "init_args": {
+            "layer_map": "proportional", "target_key_norm": True, "source_window": 0, "source_tokens": 1, "rank": 4
+        },
     }
     with pytest.raises(ValueError, match="at least one of answer_weight"):
         KVProjectorModule(pair=dm.pair, answer_weight=0.0)

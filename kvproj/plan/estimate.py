@@ -219,7 +219,8 @@ def estimate(
     pb = _bytes(mixed) if mixed else 4  # projector outputs: float32 parameters, autocast lowers matmul outputs
     Lt, Wt, Ws = tgt.num_layers, tgt.kv_width, src.kv_width
     used = len({layer for window in proj.source_layers for layer in window})
-    read = len(proj.source_layers[0])  # source layers side by side in each target layer's input (source_window)
+    # source features side by side in each target layer's input: a source_window of layers, source_tokens positions
+    read = len(proj.source_layers[0]) * proj.source_tokens
     terms: dict[str, int] = {}
     notes: dict[str, str] = {}
 

@@ -229,6 +229,7 @@ class ProjectorShape:
     layer_map: list[int]
     mode: str
     source_layers: list[list[int]]  # per target layer, the source layers it reads (one, or a source_window)
+    source_tokens: int = 1  # source positions each target position reads, per source layer
 
     @property
     def bytes(self) -> int:
@@ -250,7 +251,7 @@ def projector_shape(config: Any, mode: str, source: ModelShape, target: ModelSha
     params = [p for p in projector.parameters() if p.requires_grad]
     return ProjectorShape(
         projector.architecture, sum(p.numel() for p in params), len(params), list(projector.layer_map), mode,
-        [list(x) for x in projector.source_layers],
+        [list(x) for x in projector.source_layers], projector.source_tokens,
     )  # fmt: skip
 
 

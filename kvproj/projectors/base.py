@@ -41,6 +41,10 @@ class ProjectorConfig(ABC):
         source_window: Each target layer reads the 2 * source_window + 1 consecutive source layers around its
             mapped one, concatenated per token (0: the mapped layer alone). The map learns how much each source
             depth contributes (`source_layer_shares`); the ridge start fits all of them at once.
+        source_tokens: Each target token reads the source cache at its aligned source position and the
+            source_tokens - 1 positions before it, concatenated per layer (1: the aligned position alone). A target
+            token spelled by several source tokens (or one whose source token carries little of its identity)
+            then sees all of them, not only the last; positions before the source's first token read zeros.
     """
 
     architecture: ClassVar[str] = ""  # the name in projector_config.json and checkpoints
@@ -48,6 +52,14 @@ class ProjectorConfig(ABC):
     layer_map: Literal["proportional", "terminal"] | list[int] = "proportional"
     target_key_norm: bool = True
     source_window: int = 0
+    source_tokens: int = 1
+
+    def __post_init__(self) -> None:
+        n = self.source_tokens
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ValueError(
+                f"model.projector.source_tokens: got {n!r}; valid: an int >= 1 (1: the aligned source position alone)"
+            )
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -124,7 +136,10 @@ class Projector(nn.Module):
         self.layer_map = resolve_layer_map(config.layer_map, source.num_layers, target.num_layers)
         # the source layers each target layer reads (its mapped one, or a window around it), and their width
         self.source_layers = source_windows(self.layer_map, source.num_layers, config.source_window)
-        self.in_width = source.width * len(self.source_layers[0])
+        self.source_tokens = config.source_tokens
+        # per source layer read: source_tokens positions side by side ([aligned, aligned - 1, ...])
+        self.block_width = source.width * self.source_tokens
+        self.in_width = self.block_width * len(self.source_layers[0])
         self.mode = mode
         self.target_key_norm = config.target_key_norm and mode == "replace"
         self.progress = 0.0  # training progress in [0, 1] (annealing schedules); set by the LightningModule
@@ -157,8 +172,9 @@ class Projector(nn.Module):
         target_keys: list[torch.Tensor] | None = None,
         target_values: list[torch.Tensor] | None = None,
     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """source_*[s]: [B, Hs, T, Ds] per SOURCE layer (only those in `source_layers` are read; None elsewhere is
-        fine); target_*[t]: [B, Ht, T, Dt] per target layer (fuse).
+        """source_*[s]: [B, source_tokens * Hs, T, Ds] per SOURCE layer (`kvproj.transfer.gather_source_tokens`; only
+        those in `source_layers` are read; None elsewhere is fine); target_*[t]: [B, Ht, T, Dt] per target layer
+        (fuse).
 
         Returns per-target-layer keys and values [B, Ht, T, Dt] (keys un-rotated). A target layer reading several
         source layers gets them stacked as extra heads ([B, n * Hs, T, Ds]: `to_tokens` makes that n * Hs * Ds
@@ -201,7 +217,7 @@ class Projector(nn.Module):
         weights = self.input_weights()
         if weights is None:
             return None
-        width = self.source_geometry.width
+        width = self.block_width
         out = []
         for t, layers in enumerate(self.source_layers):
             norms = [
@@ -211,6 +227,25 @@ class Projector(nn.Module):
             total = sum(norms) or 1.0
             out.append({s: n / total for s, n in zip(layers, norms)})
         return out
+
+    def source_token_shares(self) -> list[float] | None:
+        """Each source position's share ([aligned, aligned - 1, ...]) of the squared weight norm of the key and
+        value maps, over all target layers (sums to 1); None for one position or no plain input weights."""
+        if self.source_tokens == 1:
+            return None
+        weights = self.input_weights()
+        if weights is None:
+            return None
+        width, n = self.source_geometry.width, self.source_tokens
+        norms = [0.0] * n
+        for per_layer in weights:
+            for w in per_layer:
+                # columns: source layer blocks of n positions of `width` features each
+                w = w.detach().float().reshape(w.shape[0], -1, n, width)
+                for j in range(n):
+                    norms[j] += float(w[:, :, j].pow(2).sum())
+        total = sum(norms) or 1.0
+        return [x / total for x in norms]
 
     def input_weights(self) -> list[list[torch.Tensor]] | None:
         """Per target layer, the matrices [d_out, in_width] that read the source features (keys and values);

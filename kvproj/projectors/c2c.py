@@ -63,6 +63,7 @@ class C2CConfig(ProjectorConfig):
     hard_gate_in_eval: bool = True
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         for name in ("hidden", "depth"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

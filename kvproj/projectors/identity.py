@@ -21,6 +21,7 @@ class IdentityConfig(ProjectorConfig):
     Args:
         target_key_norm: Must be false: the source keys of the same model are already normalised.
         source_window: Must be 0: each target layer is one source layer.
+        source_tokens: Must be 1: each target position is one source position.
     """
 
     architecture: ClassVar[str] = "identity"
@@ -28,6 +29,7 @@ class IdentityConfig(ProjectorConfig):
     target_key_norm: bool = False
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.target_key_norm:
             raise ValueError(
                 "model.projector.target_key_norm: must be false for IdentityConfig (the keys it passes through "
@@ -37,6 +39,11 @@ class IdentityConfig(ProjectorConfig):
             raise ValueError(
                 f"model.projector.source_window: must be 0 for IdentityConfig (it passes one source layer "
                 f"through), got {self.source_window!r}"
+            )
+        if self.source_tokens != 1:
+            raise ValueError(
+                f"model.projector.source_tokens: must be 1 for IdentityConfig (it passes one source position "
+                f"through), got {self.source_tokens!r}"
             )
 
     def build(self, source: CacheGeometry, target: CacheGeometry, mode: str = "replace") -> IdentityProjector:

@@ -38,6 +38,7 @@ def projector_config(
         "layer_map": projector.layer_map,
         "source_layers": projector.source_layers,
         "source_layer_shares": projector.source_layer_shares(),
+        "source_token_shares": projector.source_token_shares(),
         "source": {"spec": source_spec, "geometry": projector.source_geometry.to_dict()},
         "target": {"spec": target_spec, "geometry": projector.target_geometry.to_dict()},
         "parameters": projector.parameter_report(),

@@ -58,8 +58,9 @@ class LinearProjector(Projector):
         self.keys = nn.ModuleList(nn.Linear(d_in, d_out, bias=config.bias) for _ in range(target.num_layers))
         self.values = nn.ModuleList(nn.Linear(d_in, d_out, bias=config.bias) for _ in range(target.num_layers))
         for t in range(target.num_layers):
-            # identity: on the mapped source layer's block (same-model transfer starts exact with a window too)
-            block = self.source_layers[t].index(self.layer_map[t]) if identity else 0
+            # identity: on the mapped source layer's aligned position (same-model transfer starts exact with a
+            # window of layers or positions too)
+            block = self.source_layers[t].index(self.layer_map[t]) * self.source_tokens if identity else 0
             for layer in (self.keys[t], self.values[t]):
                 _init_linear(layer, identity=identity, zero=self.mode == "fuse", block=block)
 

@@ -27,6 +27,7 @@ class LowRankConfig(ProjectorConfig):
     rank: int = 64
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
             raise ValueError(f"model.projector.rank: must be an integer >= 1, got {self.rank!r}")
 
