@@ -26,6 +26,11 @@ def test_exact_match_and_f1_on_constructed_cases():
     assert metrics.token_f1("the red fox", "red") == pytest.approx(2 * (1 / 2) * 1 / (1 / 2 + 1))
     assert metrics.token_f1("blue", "red") == 0.0
     assert metrics.token_f1("red", "red") == 1.0
+    # a near miss names the entity, not its exact spelling; the first line only; short words do not count
+    assert metrics.near_miss(" Hamish Dunlebya, Hamish", "Hamish Dunleavy")
+    assert metrics.near_miss(" 412 pounds", "412 kilograms")
+    assert not metrics.near_miss(" leeks, leeks\nRoman coin", "a Roman coin")
+    assert not metrics.near_miss(" pink", "red")
 
 
 def test_bootstrap_ci_brackets_the_mean_and_is_seeded():

@@ -37,6 +37,15 @@ def exact_match(generated: str, answer: str) -> float:
     return 1.0 if f" {gold} " in f" {got} " else 0.0
 
 
+def near_miss(generated: str, answer: str, prefix: int = 4) -> bool:
+    """A miss that names the entity but not exactly: the normalized first line holds the first `prefix` characters
+    of an answer word of at least that length ("Hamish Dunlebya" for "Hamish Dunleavy", "412 pounds" for "412
+    kilograms"). True for exact matches too; count it on misses."""
+    got = normalize(first_line(generated))
+    stems = [w[:prefix] for w in normalize(answer).split() if len(w) >= prefix]
+    return any(stem in got for stem in stems)
+
+
 def token_f1(generated: str, answer: str) -> float:
     """SQuAD-style token F1 between the first line of the generation and the answer."""
     got, gold = normalize(first_line(generated)).split(), normalize(answer).split()

@@ -1,0 +1,45 @@
+"""How near the misses of one condition come: of the examples a condition gets wrong, how many first lines hold
+the first four characters of an answer word (the entity carried, its spelling not: "Hamish Dunlebya" for "Hamish
+Dunleavy", "412 pounds" for "412 kilograms").
+
+    .venv/bin/python scripts/near_misses.py RUN/generations.jsonl [--condition projected] [--output near_misses.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from kvproj.eval.metrics import near_miss
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("generations", type=Path, help="generations.jsonl written by `python -m kvproj evaluate`")
+    parser.add_argument("--condition", default="projected")
+    parser.add_argument("--output", type=Path, default=None, help="write the counts as JSON here")
+    args = parser.parse_args()
+    rows = [json.loads(line) for line in args.generations.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if r["condition"] == args.condition]
+    if not rows:
+        raise SystemExit(f"--condition: no rows for {args.condition!r} in {args.generations}")
+    misses = [r for r in rows if not r["correct"]]
+    near = [r for r in misses if near_miss(r["generated"], r["answer"])]
+    out = {
+        "generations": str(args.generations),
+        "condition": args.condition,
+        "examples": len(rows),
+        "correct": len(rows) - len(misses),
+        "misses": len(misses),
+        "near_misses": len(near),
+        "near_miss_examples": [{"answer": r["answer"], "generated": r["generated"][:60]} for r in near[:8]],
+    }
+    text = json.dumps(out, indent=2) + "\n"
+    print(text, end="")
+    if args.output:
+        args.output.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
