@@ -1,6 +1,6 @@
 """How near the misses of one condition come: of the examples a condition gets wrong, how many first lines hold
 the first four characters of an answer word (the entity carried, its spelling not: "Hamish Dunlebya" for "Hamish
-Dunleavy", "412 pounds" for "412 kilograms").
+Dunleavy", "Tessalville" for "Tessaluna"; `kvproj.eval.metrics.near_miss`).
 
     .venv/bin/python scripts/near_misses.py RUN/generations.jsonl [--condition projected] [--output near_misses.json]
 """

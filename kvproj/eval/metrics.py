@@ -39,8 +39,9 @@ def exact_match(generated: str, answer: str) -> float:
 
 def near_miss(generated: str, answer: str, prefix: int = 4) -> bool:
     """A miss that names the entity but not exactly: the normalized first line holds the first `prefix` characters
-    of an answer word of at least that length ("Hamish Dunlebya" for "Hamish Dunleavy", "412 pounds" for "412
-    kilograms"). True for exact matches too; count it on misses."""
+    of an answer word of at least that length ("Hamish Dunlebya" for "Hamish Dunleavy", "Tessalville" for
+    "Tessaluna"; "412 pounds" for "412 kilograms" does not count: no answer word of 4+ characters in it). True
+    for exact matches too; count it on misses."""
     got = normalize(first_line(generated))
     stems = [w[:prefix] for w in normalize(answer).split() if len(w) >= prefix]
     return any(stem in got for stem in stems)
