@@ -16,10 +16,12 @@ from transformers import get_cosine_with_min_lr_schedule_with_warmup
 from kvproj.adapters.attention import key_norms as target_key_norms
 from kvproj.adapters.heads import logits_from_hidden
 from kvproj.cache import KVCache, forward_with_cache
-from kvproj.losses import answer_cross_entropy, kl_to_oracle, reconstruction
+from kvproj.losses import answer_cross_entropy, kl_to_oracle, reconstruction, scored_positions
 from kvproj.pair import FrozenPair
 from kvproj.projectors import LinearConfig, ProjectorConfig
 from kvproj.transfer import CacheTransfer
+
+KL_TOKENS = ("continuation", "answer")  # where model.kl_weight's KL is scored
 
 
 class KVProjectorModule(L.LightningModule):
@@ -32,8 +34,10 @@ class KVProjectorModule(L.LightningModule):
             `{class_path: LowRankConfig, init_args: {rank: 64}}`; all share `layer_map` and `target_key_norm`.
         mode: "replace" or "fuse" (fuse needs data.protocol "shared").
         answer_weight: Weight of the answer/continuation cross-entropy through the frozen target.
-        kl_weight: Weight of KL(target reading the prefix as text || target with the projected cache), over
-            every continuation token.
+        kl_weight: Weight of KL(target reading the prefix as text || target with the projected cache).
+        kl_tokens: Where the KL is scored: "continuation" (every continuation token after the first: question and
+            answer, or the rest of a text) or "answer" (the answer tokens only, as evaluation scores it; with a
+            262k vocabulary the logits at every continuation token dominate the step time).
         reconstruction_weight: Weight of the normalised MSE to the target's own cache of the same text.
         lr: Peak learning rate (AdamW).
         weight_decay: AdamW weight decay.
@@ -54,6 +58,7 @@ class KVProjectorModule(L.LightningModule):
         mode: str = "replace",
         answer_weight: float = 1.0,
         kl_weight: float = 0.0,
+        kl_tokens: str = "continuation",
         reconstruction_weight: float = 0.0,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
@@ -73,6 +78,8 @@ class KVProjectorModule(L.LightningModule):
         ):
             if w < 0:
                 raise ValueError(f"model.{name}: must be >= 0, got {w}")
+        if kl_tokens not in KL_TOKENS:
+            raise ValueError(f"model.kl_tokens: got {kl_tokens!r}; valid: {', '.join(KL_TOKENS)}")
         if answer_weight + kl_weight + reconstruction_weight <= 0:
             raise ValueError("model: at least one of answer_weight, kl_weight, reconstruction_weight must be > 0")
         if warmup_steps < 0:
@@ -163,7 +170,10 @@ class KVProjectorModule(L.LightningModule):
             out["answer_ce"] = answer_cross_entropy(target, hidden, batch["labels"])
             total = total + hp.answer_weight * out["answer_ce"]
         if hp.kl_weight > 0:
-            mask = batch["continuation_mask"][:, 1:].bool()  # every continuation token after the first
+            if hp.kl_tokens == "answer":
+                mask, _ = scored_positions(batch["labels"])  # the positions that predict answer tokens
+            else:
+                mask = batch["continuation_mask"][:, 1:].bool()  # every continuation token after the first
             student = logits_from_hidden(target, hidden[:, :-1][mask])
             with torch.no_grad():
                 oracle = logits_from_hidden(target, self.oracle_hidden(batch)[:, :-1][mask])

@@ -281,3 +281,14 @@ def test_settings_replace_is_a_copy():
     assert settings.batch_size == 8 and settings.target.quantization is None
     assert other.batch_size == 2 and other.target.quantization == "4bit"
     assert dataclasses.replace(settings).data is settings.data
+
+
+def test_kl_on_the_answer_tokens_costs_less_than_on_every_continuation_token():
+    base = read_settings(resolve_config("llama3.2-1b-mistral-7b-4bit"))
+    plain = estimate(base)
+    every = estimate(base.replace(kl_weight=1.0))
+    answer = estimate(base.replace(kl_weight=1.0, kl_tokens="answer"))
+    assert "kl_logits" not in plain.terms
+    assert 0 < answer.terms["kl_logits"] < every.terms["kl_logits"]
+    assert plain.total < answer.total < every.total
+    assert plain.flops < answer.flops < every.flops

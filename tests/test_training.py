@@ -272,6 +272,33 @@ def test_text_mix_and_lm_examples(tmp_path):
     assert torch.isfinite(out["loss"]) and out["kl"] >= 0
 
 
+def test_kl_on_the_answer_tokens_only():
+    """kl_tokens: answer scores the KL where the answer cross-entropy is scored (as evaluation does); on the same
+    batch it differs from the KL over every continuation token, and is the mean of evaluation's per-example KL."""
+    from kvproj.adapters.heads import logits_from_hidden
+    from kvproj.losses import kl_per_example, scored_positions
+
+    dm = _dm()
+    batch = _batch(dm)
+    answer = KVProjectorModule(pair=dm.pair, kl_weight=1.0, answer_weight=0.0, kl_tokens="answer")
+    every = KVProjectorModule(pair=dm.pair, kl_weight=1.0, answer_weight=0.0)
+    every.load_state_dict(answer.state_dict())
+    with torch.no_grad():
+        out_answer, projected, hidden = answer.losses(batch)
+        out_every, _, _ = every.losses(batch)
+        target = dm.pair.target.model
+        mask, _ = scored_positions(batch["labels"])
+        rows = torch.arange(mask.shape[0])[:, None].expand_as(mask)[mask]
+        by_hand = kl_per_example(
+            logits_from_hidden(target, hidden[:, :-1][mask]),
+            logits_from_hidden(target, answer.oracle_hidden(batch)[:, :-1][mask]), rows, mask.shape[0],
+        ).nanmean()  # fmt: skip
+    torch.testing.assert_close(out_answer["kl"], by_hand)
+    assert out_answer["kl"] > 0 and abs(out_answer["kl"].item() - out_every["kl"].item()) > 1e-4
+    with pytest.raises(ValueError, match="model.kl_tokens: got 'all'; valid: continuation, answer"):
+        KVProjectorModule(pair=dm.pair, kl_weight=1.0, kl_tokens="all")
+
+
 def test_ridge_start_fits_the_target_cache_better_than_random():
     from kvproj.losses import reconstruction
     from kvproj.ridge import ridge_init

@@ -72,6 +72,7 @@ class RunSettings:
     mode: str
     answer_weight: float
     kl_weight: float
+    kl_tokens: str  # "continuation" or "answer": where the KL's logits are computed
     reconstruction_weight: float
     precision: str
     data: dict[str, Any]
@@ -147,6 +148,7 @@ def read_settings(path: str | Path) -> RunSettings:
         mode=model.get("mode", "replace"),
         answer_weight=float(model.get("answer_weight", 1.0)),
         kl_weight=float(model.get("kl_weight", 0.0)),
+        kl_tokens=str(model.get("kl_tokens", "continuation")),
         reconstruction_weight=float(model.get("reconstruction_weight", 0.0)),
         precision=str(trainer.get("precision", "32-true")),
         data=dict(cfg.get("data") or {}),
@@ -316,8 +318,13 @@ def estimate(
             2 * Lt * B * Tp * Wt * tb,
             "the target's own cache of the prefix (KL, reconstruction, fuse)",
         )
-        if s.kl_weight > 0:
-            terms["logits"] *= 2
+        if s.kl_weight > 0:  # the projected and the oracle logits at the KL's positions
+            kl_m = m if s.kl_tokens == "answer" else B * max(Tc - 1, 1)
+            add(
+                "kl_logits",
+                kl_m * vocab * (2 * tb + 3 * 4),
+                f"KL to the oracle at {kl_m} {s.kl_tokens} positions x {vocab}: both logits, log-softmax, gradient",
+            )
     if s.gradient_checkpointing:  # what-if: each target layer keeps its input, one layer is recomputed at a time
         terms["target_activations"] = n * h * tb * Lt + n * per_token
         terms["target_kv"] //= Lt
@@ -333,6 +340,10 @@ def estimate(
     attn_t = 4 * Lt * cont * (L.prefix_mean + L.continuation_mean) * a * d
     flops_tgt = 2 * (2 * tgt.matmul_parameters * cont) + 3 * attn_t  # forward + backward (input gradients only)
     flops_head = 2 * 2 * h * vocab * scored
+    if s.kl_weight > 0:  # the projected logits forward + backward, the oracle's forward, at the KL's positions
+        kl_scored = scored if s.kl_tokens == "answer" else B * max(L.continuation_mean - 1, 1)
+        flops_head += 4 * 2 * h * vocab * kl_scored
+        flops_tgt += 2 * tgt.matmul_parameters * cont  # the oracle reads the continuation after the text
     flops_proj = 3 * 2 * proj.parameters * rows_p
     flops = flops_src + flops_tgt + flops_head + flops_proj
     traffic = (
@@ -345,6 +356,7 @@ def estimate(
             for k in ("projector_activations", "target_kv", "target_activations", "logits", "source_cache")
         )
         + 2 * terms["projected_cache"]
+        + 2 * terms.get("kl_logits", 0)
     )
     if "target_cache" in terms:
         flops += 2 * tgt.matmul_parameters * rows_p
