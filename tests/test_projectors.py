@@ -204,7 +204,8 @@ def test_every_architecture_reads_source_tokens(architecture, tmp_path):
 
 
 def test_gather_source_tokens_reads_the_aligned_position_and_those_before_it():
-    x = torch.arange(2 * 5, dtype=torch.float32).reshape(2, 1, 5, 1)  # [B=2, H=1, Ts=5, D=1]: value = 5b + position
+    # [B=2, H=1, Ts=5, D=1]: the value is 5 * row + position
+    x = torch.arange(2 * 5, dtype=torch.float32).reshape(2, 1, 5, 1)
     mask = torch.tensor([[1, 1, 1, 1, 1], [0, 0, 1, 1, 1]])  # row 1 left-padded: its text starts at position 2
     index = torch.tensor([[0, 2, 4], [2, 3, 4]])
     out = gather_source_tokens(x, index, 3, mask)  # heads: aligned, aligned - 1, aligned - 2

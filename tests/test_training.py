@@ -414,7 +414,11 @@ def test_bad_settings_name_the_setting():
     assert module.hparams.projector == {  # recorded as the CLI records it: JSON-friendly for the export
         "class_path": "kvproj.projectors.lowrank.LowRankConfig",
         "init_args": {
-            "layer_map": "proportional", "target_key_norm": True, "source_window": 0, "source_tokens": 1, "rank": 4
+            "layer_map": "proportional",
+            "target_key_norm": True,
+            "source_window": 0,
+            "source_tokens": 1,
+            "rank": 4,
         },
     }
     with pytest.raises(ValueError, match="at least one of answer_weight"):
