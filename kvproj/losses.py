@@ -11,6 +11,8 @@ from torch import nn
 from kvproj.adapters.heads import logits_from_hidden
 from kvproj.cache import KVCache
 
+KL_TOKENS = ("continuation", "answer")  # where model.kl_weight's KL is scored (model.kl_tokens)
+
 
 def scored_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Hidden state j predicts token j+1: (mask over hidden positions [B, L-1], their target ids [N])."""

@@ -16,12 +16,10 @@ from transformers import get_cosine_with_min_lr_schedule_with_warmup
 from kvproj.adapters.attention import key_norms as target_key_norms
 from kvproj.adapters.heads import logits_from_hidden
 from kvproj.cache import KVCache, forward_with_cache
-from kvproj.losses import answer_cross_entropy, kl_to_oracle, reconstruction, scored_positions
+from kvproj.losses import KL_TOKENS, answer_cross_entropy, kl_to_oracle, reconstruction, scored_positions
 from kvproj.pair import FrozenPair
 from kvproj.projectors import LinearConfig, ProjectorConfig
 from kvproj.transfer import CacheTransfer
-
-KL_TOKENS = ("continuation", "answer")  # where model.kl_weight's KL is scored
 
 
 class KVProjectorModule(L.LightningModule):

@@ -12,15 +12,9 @@ import torch
 
 from kvproj.adapters.attention import captured_key_projections, key_norms
 from kvproj.rope import undo_rope
-from kvproj.transfer import gather_source_tokens
 
 log = logging.getLogger(__name__)
 RIDGE_STREAM_OFFSET = 1_000_000_000  # examples used for the fit come from far past any training position
-
-
-def _tokens(x: torch.Tensor) -> torch.Tensor:
-    b, h, t, d = x.shape
-    return x.transpose(1, 2).reshape(b, t, h * d)  # [B, H, T, D] -> [B, T, H*D]
 
 
 @torch.no_grad()
@@ -67,26 +61,18 @@ def ridge_init(module: Any, datamodule: Any, batches: int | None = None, lam: fl
             own = pair.target_cache(batch)
             index = batch["align_index"]
             valid = batch["target_prefix_mask"].bool() & (index >= 0)  # [B, Tt]
-            gather = index.clamp(min=0)
             rows += int(valid.sum())
-            src_k: dict[int, torch.Tensor] = {}  # per source layer read: aligned features [N, Hs*Ds]
-            src_v: dict[int, torch.Tensor] = {}
-            for s in sorted({s for layers in proj.source_layers for s in layers}):
-                keys = undo_rope(source.keys[s], source.positions, proj.source_geometry.rope[s])
-                n, mask = proj.source_tokens, source.attention_mask  # the features CacheTransfer gathers
-                src_k[s] = _tokens(gather_source_tokens(keys, gather, n, mask))[valid].double()
-                src_v[s] = _tokens(gather_source_tokens(source.values[s], gather, n, mask))[valid].double()
+            src_k, src_v = module.transfer.source_inputs(source, index)  # exactly what the projector reads
             for t, layers in enumerate(proj.source_layers):
-                # several source layers: their features side by side, in the order Projector.stack puts them
-                x_k = torch.cat([src_k[s] for s in layers], dim=1)  # [N, n * Hs*Ds]
-                x_v = torch.cat([src_v[s] for s in layers], dim=1)
+                x_k = proj.to_tokens(proj.stack(src_k, layers))[valid].double()  # [N, in_width]
+                x_v = proj.to_tokens(proj.stack(src_v, layers))[valid].double()
                 if capture_pre_norm:
                     y_k = captured[t][valid].double()  # key projection output [B, T, Ht*Dt]
                 else:
-                    y_k = _tokens(undo_rope(own.keys[t], own.positions, proj.target_geometry.rope[t]))[
+                    y_k = proj.to_tokens(undo_rope(own.keys[t], own.positions, proj.target_geometry.rope[t]))[
                         valid
                     ].double()
-                y_v = _tokens(own.values[t])[valid].double()
+                y_v = proj.to_tokens(own.values[t])[valid].double()
                 for kind, x, y in (("k", x_k, y_k), ("v", x_v, y_v)):
                     x1 = torch.cat([x, torch.ones_like(x[:, :1])], dim=1)  # bias column
                     xtx[kind][t] += x1.T @ x1

@@ -47,6 +47,24 @@ class CacheTransfer(nn.Module):
         # a plain list: the target's frozen norms must not become parameters of the projector/checkpoint
         self._key_norms = list(key_norms or [])
 
+    def source_inputs(
+        self, source: KVCache, index: torch.Tensor
+    ) -> tuple[list[torch.Tensor | None], list[torch.Tensor | None]]:
+        """What the projector reads, per source layer: keys with the source RoPE undone and values, gathered for
+        each target position at its aligned source position (and the `source_tokens - 1` before it):
+        [B, source_tokens * Hs, Tt, Ds]; None for source layers no target layer reads. index [B, Tt] as in
+        `forward` (-1 reads position 0; the caller replaces those positions). The ridge start fits on these."""
+        p = self.projector
+        sg = p.source_geometry
+        gather_idx, n, mask = index.clamp(min=0), p.source_tokens, source.attention_mask
+        keys: list[torch.Tensor | None] = [None] * sg.num_layers
+        values: list[torch.Tensor | None] = [None] * sg.num_layers
+        for s in sorted({s for layers in p.source_layers for s in layers}):
+            unrotated = undo_rope(source.keys[s], source.positions, sg.rope[s])  # [B, Hs, Ts, Ds]
+            keys[s] = gather_source_tokens(unrotated, gather_idx, n, mask)
+            values[s] = gather_source_tokens(source.values[s], gather_idx, n, mask)
+        return keys, values
+
     def forward(
         self,
         source: KVCache,
@@ -63,17 +81,9 @@ class CacheTransfer(nn.Module):
         (used where index < 0). target_base: the target's own cache of the same text (fuse mode).
         """
         p = self.projector
-        sg, tg = p.source_geometry, p.target_geometry
+        tg = p.target_geometry
         index = index.to(source.attention_mask.device)
-        gather_idx = index.clamp(min=0)
-        used = {s for layers in p.source_layers for s in layers}
-        source_keys: list[torch.Tensor | None] = [None] * sg.num_layers
-        source_values: list[torch.Tensor | None] = [None] * sg.num_layers
-        for s in sorted(used):
-            keys = undo_rope(source.keys[s], source.positions, sg.rope[s])  # [B, Hs, Ts, Ds]
-            n, mask = p.source_tokens, source.attention_mask
-            source_keys[s] = gather_source_tokens(keys, gather_idx, n, mask)  # [B, n * Hs, Tt, Ds]
-            source_values[s] = gather_source_tokens(source.values[s], gather_idx, n, mask)
+        source_keys, source_values = self.source_inputs(source, index)
         positions = positions_from_mask(target_mask)
         base_keys = base_values = None
         if target_base is not None:

@@ -269,6 +269,9 @@ def test_bad_input_names_the_setting_the_value_and_the_choices(tmp_path, cli):
     bad.write_text("pair:\n  source: {name: org/unknown-model}\n")
     with pytest.raises(ValueError, match=r"model name 'org/unknown-model'.*architectures.yaml"):
         plan(config=str(bad), gpu=["rtx-3090"])
+    bad.write_text("model:\n  kl_weight: 1.0\n  kl_tokens: all\n")
+    with pytest.raises(ValueError, match=r"model.kl_tokens: got 'all'; valid: continuation, answer"):
+        plan(config=str(bad), gpu=["rtx-3090"])
     code, _, err = cli("plan", "--config", "smoke", "--gpu", "rtx-9090")
     assert code == 2 and "--gpu 'rtx-9090': unknown GPU; valid:" in err
     code, _, err = cli("plan", "--config", "nope")

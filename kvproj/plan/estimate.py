@@ -109,6 +109,7 @@ class RunSettings:
 
 def read_settings(path: str | Path) -> RunSettings:
     """Read a kvproj training config (YAML) with fit's defaults; a bad section names the setting."""
+    from kvproj.losses import KL_TOKENS
     from kvproj.pair import DEFAULT_QUESTION_TEMPLATE
     from kvproj.projectors import ARCHITECTURES, LinearConfig
 
@@ -135,6 +136,9 @@ def read_settings(path: str | Path) -> RunSettings:
         projector = by_class[cls_name](**(proj.get("init_args") or {}))
     else:
         projector = LinearConfig()
+    kl_tokens = model.get("kl_tokens", "continuation")
+    if kl_tokens not in KL_TOKENS:
+        raise ValueError(f"{path}: model.kl_tokens: got {kl_tokens!r}; valid: {', '.join(KL_TOKENS)}")
     trainer = cfg.get("trainer") or {}
     run = cfg.get("run") or {}
     return RunSettings(
@@ -148,7 +152,7 @@ def read_settings(path: str | Path) -> RunSettings:
         mode=model.get("mode", "replace"),
         answer_weight=float(model.get("answer_weight", 1.0)),
         kl_weight=float(model.get("kl_weight", 0.0)),
-        kl_tokens=str(model.get("kl_tokens", "continuation")),
+        kl_tokens=kl_tokens,
         reconstruction_weight=float(model.get("reconstruction_weight", 0.0)),
         precision=str(trainer.get("precision", "32-true")),
         data=dict(cfg.get("data") or {}),

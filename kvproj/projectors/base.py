@@ -136,10 +136,9 @@ class Projector(nn.Module):
         self.layer_map = resolve_layer_map(config.layer_map, source.num_layers, target.num_layers)
         # the source layers each target layer reads (its mapped one, or a window around it), and their width
         self.source_layers = source_windows(self.layer_map, source.num_layers, config.source_window)
-        self.source_tokens = config.source_tokens
         # per source layer read: source_tokens positions side by side ([aligned, aligned - 1, ...])
-        self.block_width = source.width * self.source_tokens
-        self.in_width = self.block_width * len(self.source_layers[0])
+        self.source_tokens = config.source_tokens
+        self.in_width = source.width * self.source_tokens * len(self.source_layers[0])
         self.mode = mode
         self.target_key_norm = config.target_key_norm and mode == "replace"
         self.progress = 0.0  # training progress in [0, 1] (annealing schedules); set by the LightningModule
@@ -172,7 +171,7 @@ class Projector(nn.Module):
         target_keys: list[torch.Tensor] | None = None,
         target_values: list[torch.Tensor] | None = None,
     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """source_*[s]: [B, source_tokens * Hs, T, Ds] per SOURCE layer (`kvproj.transfer.gather_source_tokens`; only
+        """source_*[s]: [B, source_tokens * Hs, T, Ds] per SOURCE layer (`CacheTransfer.source_inputs`; only
         those in `source_layers` are read; None elsewhere is fine); target_*[t]: [B, Ht, T, Dt] per target layer
         (fuse).
 
@@ -208,44 +207,43 @@ class Projector(nn.Module):
         """The source layers `layers` as one tensor: [B, Hs, T, Ds] for one, [B, n * Hs, T, Ds] for n."""
         return per_layer[layers[0]] if len(layers) == 1 else torch.cat([per_layer[s] for s in layers], dim=1)
 
+    def _input_norms(self) -> torch.Tensor | None:
+        """[target layers, source layers read, source_tokens]: the squared weight norm of the key and value maps on
+        each (source layer, position) block of a target layer's input (`stack` puts layers, then positions, then
+        heads); None for an architecture without plain input weights."""
+        weights = self.input_weights()
+        if weights is None:
+            return None
+        n_layers, n, width = len(self.source_layers[0]), self.source_tokens, self.source_geometry.width
+        return torch.stack(
+            [
+                sum(
+                    w.detach().float().reshape(w.shape[0], n_layers, n, width).pow(2).sum((0, 3))
+                    for w in per_layer
+                )
+                for per_layer in weights
+            ]
+        )
+
     def source_layer_shares(self) -> list[dict[int, float]] | None:
         """Per target layer, each source layer's share of the squared weight norm of the key and value maps on
         its features (sums to 1): which source depths feed which target depth. None for one source layer per
         target layer or an architecture without plain input weights."""
-        if len(self.source_layers[0]) == 1:
+        norms = self._input_norms() if len(self.source_layers[0]) > 1 else None
+        if norms is None:
             return None
-        weights = self.input_weights()
-        if weights is None:
-            return None
-        width = self.block_width
-        out = []
-        for t, layers in enumerate(self.source_layers):
-            norms = [
-                sum(float(w[:, i * width : (i + 1) * width].detach().float().pow(2).sum()) for w in weights[t])
-                for i in range(len(layers))
-            ]
-            total = sum(norms) or 1.0
-            out.append({s: n / total for s, n in zip(layers, norms)})
-        return out
+        per_layer = norms.sum(2)  # [target layers, source layers read]
+        shares = per_layer / per_layer.sum(1, keepdim=True).clamp_min(1e-30)
+        return [{s: float(x) for s, x in zip(layers, row)} for layers, row in zip(self.source_layers, shares)]
 
     def source_token_shares(self) -> list[float] | None:
         """Each source position's share ([aligned, aligned - 1, ...]) of the squared weight norm of the key and
         value maps, over all target layers (sums to 1); None for one position or no plain input weights."""
-        if self.source_tokens == 1:
+        norms = self._input_norms() if self.source_tokens > 1 else None
+        if norms is None:
             return None
-        weights = self.input_weights()
-        if weights is None:
-            return None
-        width, n = self.source_geometry.width, self.source_tokens
-        norms = [0.0] * n
-        for per_layer in weights:
-            for w in per_layer:
-                # columns: source layer blocks of n positions of `width` features each
-                w = w.detach().float().reshape(w.shape[0], -1, n, width)
-                for j in range(n):
-                    norms[j] += float(w[:, :, j].pow(2).sum())
-        total = sum(norms) or 1.0
-        return [x / total for x in norms]
+        per_position = norms.sum((0, 1))
+        return [float(x) for x in per_position / per_position.sum().clamp_min(1e-30)]
 
     def input_weights(self) -> list[list[torch.Tensor]] | None:
         """Per target layer, the matrices [d_out, in_width] that read the source features (keys and values);
