@@ -4,6 +4,8 @@ prefix as text), cache reconstruction. Logits are computed only at scored positi
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -11,7 +13,8 @@ from torch import nn
 from kvproj.adapters.heads import logits_from_hidden
 from kvproj.cache import KVCache
 
-KL_TOKENS = ("continuation", "answer")  # where model.kl_weight's KL is scored (model.kl_tokens)
+KLTokens = Literal["continuation", "answer"]  # where model.kl_weight's KL is scored (model.kl_tokens)
+KL_TOKENS = get_args(KLTokens)
 
 
 def scored_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

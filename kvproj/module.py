@@ -16,7 +16,7 @@ from transformers import get_cosine_with_min_lr_schedule_with_warmup
 from kvproj.adapters.attention import key_norms as target_key_norms
 from kvproj.adapters.heads import logits_from_hidden
 from kvproj.cache import KVCache, forward_with_cache
-from kvproj.losses import KL_TOKENS, answer_cross_entropy, kl_to_oracle, reconstruction, scored_positions
+from kvproj.losses import KL_TOKENS, KLTokens, answer_cross_entropy, kl_to_oracle, reconstruction, scored_positions
 from kvproj.pair import FrozenPair
 from kvproj.projectors import LinearConfig, ProjectorConfig
 from kvproj.transfer import CacheTransfer
@@ -56,7 +56,7 @@ class KVProjectorModule(L.LightningModule):
         mode: str = "replace",
         answer_weight: float = 1.0,
         kl_weight: float = 0.0,
-        kl_tokens: str = "continuation",
+        kl_tokens: KLTokens = "continuation",
         reconstruction_weight: float = 0.0,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
