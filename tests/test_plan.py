@@ -295,3 +295,27 @@ def test_kl_on_the_answer_tokens_costs_less_than_on_every_continuation_token():
     assert 0 < answer.terms["kl_logits"] < every.terms["kl_logits"]
     assert plain.total < answer.total < every.total
     assert plain.flops < answer.flops < every.flops
+
+
+def test_length_sample_is_the_training_streams_mix():
+    """`plan` sizes a run from the examples training draws: with data.passages.share the first batches are the
+    same mix of facts and passages as the datamodule's stream (a facts-only sample under-sized the default's
+    192-token passages), and the lengths grow with the share."""
+    from test_training import _dm
+
+    from kvproj.plan.shapes import _examples
+
+    facts = {"n_train_entities": 200, "n_val_entities": 40, "n_test_entities": 40}
+    data = {"dataset": "facts", "facts": facts, "passages": {"share": 0.8}}
+    dm = _dm(passages={"share": 0.8})
+    sample = _examples(data, 64)
+    assert sample == [dm.example_at(i) for i in range(64)]
+    assert 0.6 < sum(e["id"].startswith("passage-train-") for e in sample) / 64 < 0.95
+    only_facts = _examples({**data, "passages": {"share": 0.0}}, 64)
+    assert not any(e["id"].startswith("passage-train-") for e in only_facts)
+    mean_chars = [sum(len(e["context"]) for e in s) / len(s) for s in (only_facts, sample)]
+    assert mean_chars[1] > 1.5 * mean_chars[0]
+    # text examples of a mix are not sampled (a corpus would have to be read); the rest keep their stream order
+    mixed = _examples({**data, "passages": {"share": 0.3}, "text": {"share": 0.5}}, 64)
+    dm_text = _dm(passages={"share": 0.3}, text={"share": 0.5})
+    assert mixed == [dm_text.example_at(i) for i in range(64) if dm_text.source_of(i) != "text"]

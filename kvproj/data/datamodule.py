@@ -94,6 +94,20 @@ def _uniform(seed: int, index: int, salt: str) -> float:
     return int.from_bytes(digest, "big") / 2**64
 
 
+def stream_source(dataset: str, facts_seed: int, text_share: float, passages_share: float, index: int) -> str:
+    """Which corpus training example `index` comes from: "facts", "passages" or "text". For dataset "facts" the
+    mix is a seeded draw per index (text with probability text_share, passages with passages_share, else facts);
+    any other dataset is all one corpus. The training stream and `plan`'s length sample both call this."""
+    if dataset != "facts":
+        return dataset
+    u = _uniform(facts_seed, index, "text")
+    if u < text_share:
+        return "text"
+    if u < text_share + passages_share:
+        return "passages"
+    return "facts"
+
+
 def shard_indices(start: int, batch_size: int, rank: int, world: int, worker: int, workers: int) -> Iterator[int]:
     """Stream indices one (rank, worker) builds, in order (see the module docstring for the layout)."""
     per_global = batch_size * world
@@ -242,15 +256,10 @@ class KVPairDataModule(L.LightningDataModule):
         return lm_example(texts[i % len(texts)], self.lm_context_fraction, f"text-{split}-{i}")
 
     def source_of(self, i: int) -> str:
-        """Which corpus training example i comes from: "facts", "passages" or "text" (seeded draw per index)."""
-        if self.dataset != "facts":
-            return self.dataset
-        u = _uniform(self.facts_options.seed, i, "text")
-        if u < self.text_options.share:
-            return "text"
-        if u < self.text_options.share + self.passages_options.share:
-            return "passages"
-        return "facts"
+        """Which corpus training example i comes from: "facts", "passages" or "text" (`stream_source`)."""
+        return stream_source(
+            self.dataset, self.facts_options.seed, self.text_options.share, self.passages_options.share, i
+        )
 
     def example_at(self, i: int) -> dict[str, Any]:
         """Training example i of the stream (deterministic: a pure function of (seed, i))."""

@@ -322,18 +322,25 @@ def _tokenizer(spec: ModelSpec):
 
 
 def _examples(data: dict[str, Any], n: int) -> list[dict[str, Any]]:
-    """The first n training examples of the run's stream (facts and passages; a text corpus is not sampled)."""
+    """The facts and passages among the first n training examples of the run's stream, drawn as training draws
+    them (`kvproj.data.datamodule.stream_source`: the facts / passages / text mix of data.passages.share and
+    data.text.share). Text examples are not sampled (a corpus would have to be read): a pure text run gives []."""
+    from kvproj.data.datamodule import stream_source
     from kvproj.data.facts import FactsConfig, train_example
     from kvproj.data.passages import PassagesConfig, passage_example
 
     dataset = data.get("dataset", "facts")
-    if dataset == "passages":
-        cfg = PassagesConfig(**(data.get("passages") or {}))
-        return [passage_example(cfg, "train", i) for i in range(n)]
-    if dataset != "facts":
-        return []
-    cfg = FactsConfig(**(data.get("facts") or {}))
-    return [train_example(cfg, i).to_dict() for i in range(n)]
+    facts = FactsConfig(**(data.get("facts") or {}))
+    passages = PassagesConfig(**(data.get("passages") or {}))
+    text_share = float((data.get("text") or {}).get("share", 0.0))
+    out = []
+    for i in range(n):
+        kind = stream_source(dataset, facts.seed, text_share, passages.share, i)
+        if kind == "passages":
+            out.append(passage_example(passages, "train", i))
+        elif kind == "facts":
+            out.append(train_example(facts, i).to_dict())
+    return out
 
 
 def sequence_lengths(
@@ -404,4 +411,11 @@ def sequence_lengths(
         max(sum(r[3] for r in c) for c in chunks)
     ]
     mean = [sum(r[k] for r in rows) / len(rows) for k in range(4)]
-    return Lengths(*peak, *mean, exact, encode, len(rows), how + f", first {len(rows)} training examples")
+    return Lengths(
+        *peak,
+        *mean,
+        exact,
+        encode,
+        len(rows),
+        how + f", {len(rows)} of the first {batch * batches} training examples",
+    )
