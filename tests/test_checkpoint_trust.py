@@ -195,3 +195,32 @@ def test_preempted_run_skips_validation_eval_and_export(tmp_path):
     assert not (folder(tmp_path) / "projector").exists()  # exported at the end of a later run instead
     proc = fit(tmp_path, "--trainer.max_steps", "20", "--ckpt_path", "last")
     assert proc.returncode == 0 and (folder(tmp_path) / "projector" / "projector.safetensors").is_file()
+
+
+def test_loss_rise_watch_warns_once_on_a_finite_divergence():
+    import random
+
+    from kvproj.callbacks.checkpointing import LossRiseWatch
+
+    rng = random.Random(0)
+    # the shape of SmolLM2 -> Qwen-Coder-0.5B at lr 1e-3: ~3 from the ridge start, then 5 - 7.5
+    losses = [3.0 + rng.uniform(-1.2, 1.2) for _ in range(20)] + [6.5 + rng.uniform(-1.4, 1.0) for _ in range(60)]
+    watch = LossRiseWatch()
+    messages = [m for step, loss in enumerate(losses, 1) if (m := watch.observe(step, loss))]
+    assert len(messages) == 1 and watch.warned
+    assert re.search(r"mean 6\.\d+ over steps 21-40 against [23]\.\d+ over steps 1-20", messages[0])
+
+
+@pytest.mark.parametrize(
+    "losses",
+    [
+        [2.5 - i / 40 + random_noise for i, random_noise in enumerate([0.6, -0.6] * 100)],  # falling, noisy
+        [0.3] * 20 + [0.55] * 40,  # 1.8x but only +0.25: small losses swing by that much
+        [3.0] * 19 + [float("nan")] + [3.0] * 40,  # a non-finite loss is the NaN check's business, not this one's
+    ],
+)
+def test_loss_rise_watch_stays_quiet_on_healthy_runs(losses):
+    from kvproj.callbacks.checkpointing import LossRiseWatch
+
+    watch = LossRiseWatch()
+    assert not [m for step, loss in enumerate(losses, 1) if (m := watch.observe(step, loss))]

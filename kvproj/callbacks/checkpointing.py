@@ -4,6 +4,7 @@ replaces a good one, and one writer keeps `last.ckpt` (the run's newest state) a
 from __future__ import annotations
 
 import logging
+import math
 import pickle
 import re
 import time
@@ -105,6 +106,43 @@ def divergence_advice(lr: Any, precision: Any) -> str:
     if str(precision)[:2] not in ("32", "64"):
         advice.append(f"use trainer.precision 32-true (now {precision})")
     return " or ".join(advice)
+
+
+class LossRiseWatch:
+    """Warns once when the training loss climbs well above where this run (or this resume) started: the mean
+    loss of a window of steps exceeds `factor` x the first window's mean and the first by at least `margin`. A
+    finite loss that rises is a divergence the NaN check never sees (a learning rate too high for the pair: on
+    SmolLM2 -> Qwen-Coder-0.5B, 1e-3 took the loss from ~3 at the ridge start to 5 - 7 within 90 steps).
+    Window means, not single batches: one batch of the default run swings between 0.05 and 0.8."""
+
+    def __init__(self, window: int = 20, factor: float = 1.5, margin: float = 0.5) -> None:
+        self.window, self.factor, self.margin = window, factor, margin
+        self.baseline: tuple[int, int, float] | None = None  # first step, last step, mean loss
+        self._steps: list[int] = []
+        self._losses: list[float] = []
+        self.warned = False
+
+    def observe(self, step: int, loss: float) -> str | None:
+        """Feed one step's loss; returns the warning (once) when the rise is seen, else None."""
+        if self.warned or not math.isfinite(loss):
+            return None
+        self._steps.append(step)
+        self._losses.append(loss)
+        if len(self._losses) < self.window:
+            return None
+        first, last, mean = self._steps[0], self._steps[-1], sum(self._losses) / len(self._losses)
+        self._steps, self._losses = [], []
+        if self.baseline is None:
+            self.baseline = (first, last, mean)
+            return None
+        b_first, b_last, b_mean = self.baseline
+        if mean > self.factor * b_mean and mean - b_mean >= self.margin:
+            self.warned = True
+            return (
+                f"train/loss is rising: mean {mean:.3f} over steps {first}-{last} against {b_mean:.3f} over steps "
+                f"{b_first}-{b_last}; the run may be diverging"
+            )
+        return None
 
 
 class FiniteStateGuard(L.Callback):
