@@ -319,3 +319,18 @@ def test_length_sample_is_the_training_streams_mix():
     mixed = _examples({**data, "passages": {"share": 0.3}, "text": {"share": 0.5}}, 64)
     dm_text = _dm(passages={"share": 0.3}, text={"share": 0.5})
     assert mixed == [dm_text.example_at(i) for i in range(64) if dm_text.source_of(i) != "text"]
+
+
+def test_measure_times_training_steps_without_the_configs_generation_checks(cli, monkeypatch, tmp_path):
+    """smoke.yaml evaluates generations in training (FactsEvalCallback); `--measure` times training steps only."""
+    from kvproj.callbacks.evaluation import FactsEvalCallback
+
+    calls = []
+    monkeypatch.setattr(FactsEvalCallback, "on_train_batch_end", lambda *a, **k: calls.append("batch"))
+    monkeypatch.setattr(FactsEvalCallback, "on_train_end", lambda *a, **k: calls.append("end"))
+    out = tmp_path / "plan.json"
+    code, _, err = cli("plan", "--config", "smoke", "--gpu", "rtx-3090", "--measure", "3", "--output", str(out))
+    assert code == 0, err
+    measured = json.loads(out.read_text())["measured"]
+    assert calls == [] and len(measured["step_seconds"]) == 3 and measured["peak_bytes"] > 0
+    assert "generation checks off" in measured["note"]
