@@ -334,3 +334,13 @@ def test_measure_times_training_steps_without_the_configs_generation_checks(cli,
     measured = json.loads(out.read_text())["measured"]
     assert calls == [] and len(measured["step_seconds"]) == 3 and measured["peak_bytes"] > 0
     assert "generation checks off" in measured["note"]
+
+
+def test_output_is_never_overwritten_unasked(cli, tmp_path):
+    out = tmp_path / "plan.json"
+    out.write_text("kept")
+    code, _, err = cli("plan", "--config", "smoke", "--gpu", "rtx-3090", "--output", str(out))
+    assert code == 2 and "--output" in err and "--overwrite" in err and out.read_text() == "kept"
+    code, _, err = cli("plan", "--config", "smoke", "--gpu", "rtx-3090", "--output", str(out), "--overwrite")
+    assert code == 0, err
+    assert json.loads(out.read_text())["run"] == "smoke"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json as jsonlib
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -192,6 +193,7 @@ def plan(
     spot: bool = False,
     preemption_per_hour: float = 0.1,
     spot_price_factor: float = 0.5,
+    overwrite: bool = False,
 ) -> int:
     """Peak GPU memory, step time and cloud cost of a training run (or a whole study), offline, from its config.
 
@@ -210,6 +212,7 @@ def plan(
         spot: Also cost spot instances: expected cost with preemptions and the best checkpoint interval.
         preemption_per_hour: Spot kills per hour (with --spot).
         spot_price_factor: Spot price as a share of the on-demand price (with --spot).
+        overwrite: Replace an existing --output file (checked before any work, --measure included).
     """
     from kvproj.atomic import atomic_write
     from kvproj.plan.estimate import check_gpus, gpu_names
@@ -222,6 +225,10 @@ def plan(
         raise ValueError(f"--efficiency {efficiency}: must be in (0, 1]")
     if not 0 <= preemption_per_hour:
         raise ValueError(f"--preemption_per_hour {preemption_per_hour}: must be >= 0")
+    if output and not overwrite and os.path.exists(output):
+        raise ValueError(
+            f"--output {output!r}: the file exists; pass --overwrite to replace it, or choose another --output"
+        )
     gpus = list(gpu) if gpu else gpu_names()
     check_gpus(gpus)
     if study is not None:
