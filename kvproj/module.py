@@ -6,7 +6,6 @@ and the datamodule.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import time
 from typing import Any
 
@@ -21,8 +20,6 @@ from kvproj.losses import KL_TOKENS, KLTokens, answer_cross_entropy, kl_to_oracl
 from kvproj.pair import FrozenPair
 from kvproj.projectors import LinearConfig, ProjectorConfig
 from kvproj.transfer import CacheTransfer
-
-log = logging.getLogger(__name__)
 
 
 class KVProjectorModule(L.LightningModule):
@@ -104,9 +101,6 @@ class KVProjectorModule(L.LightningModule):
         self.pair = pair  # not an nn.Module: frozen weights stay out of state_dict and checkpoints
         proj = projector.build(pair.source.geometry, pair.target.geometry, mode)
         self.transfer = CacheTransfer(proj, target_key_norms(pair.target.model))
-        from kvproj.callbacks.checkpointing import LossRiseWatch
-
-        self._loss_watch = LossRiseWatch()  # warns once if the training loss climbs (a finite divergence)
 
     @property
     def projector(self):
@@ -207,11 +201,6 @@ class KVProjectorModule(L.LightningModule):
                 f"train/loss is {out['loss'].item()} at step {self.global_step}: "
                 f"{divergence_advice(self.hparams.lr, self.trainer.precision)}; the last good checkpoint is kept"
             )
-        rising = self._loss_watch.observe(self.global_step, float(out["loss"].detach()))
-        if rising:
-            from kvproj.callbacks.checkpointing import divergence_advice
-
-            log.warning("%s: %s", rising, divergence_advice(self.hparams.lr, self.trainer.precision))
         return out["loss"]
 
     def on_train_batch_end(self, outputs: Any, batch: dict[str, Any], batch_idx: int) -> None:

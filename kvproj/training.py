@@ -20,6 +20,7 @@ from kvproj.callbacks.checkpointing import (
     LAST,
     AtomicCheckpointIO,
     FiniteStateGuard,
+    LossRiseWatch,
     RunCheckpoint,
     periodic_files,
     run_checkpoint,
@@ -183,6 +184,7 @@ class KVProjCLI(LightningCLI):
             PreemptionHandler(tuple(run.preemption_signals)),
             *user_callbacks,
             FiniteStateGuard(),
+            LossRiseWatch(),  # warns once when the loss climbs: a divergence the NaN check never sees
             MemoryWatch(),
             ProjectorExport(ckpt_dir / "projector"),
             LearningRateMonitor(logging_interval="step"),

@@ -15,6 +15,8 @@ import json
 import sys
 from pathlib import Path
 
+from kvproj.eval.metrics import gap_closed
+
 CONDITIONS = ("target_alone", "target_text", "source_text", "projected", "shuffled_source", "text_to_text")
 SAME = ("eval_set", "n", "source", "target")
 
@@ -56,12 +58,11 @@ def row(label: str, merged: dict) -> tuple[str, dict]:
             cells.append(f"**{em[k]:.2f}** [{lo:.2f}, {hi:.2f}]")
         else:
             cells.append(f"{em[k]:.2f}")
-    if {"target_alone", "target_text", "projected"} <= em.keys() and em["target_text"] > em["target_alone"]:
-        gap = (em["projected"] - em["target_alone"]) / (em["target_text"] - em["target_alone"])
-        summary["gap_closed"] = gap
-        cells.append(f"{gap:.2f}")
-    else:
-        cells.append("-")
+    gap = None
+    if {"target_alone", "target_text", "projected"} <= em.keys():
+        gap = gap_closed(em["projected"], em["target_alone"], em["target_text"])
+    summary["gap_closed"] = gap
+    cells.append("-" if gap is None else f"{gap:.2f}")
     if {"projected", "text_to_text"} <= em.keys():
         summary["over_text_to_text"] = em["projected"] - em["text_to_text"]
         cells.append(f"{em['projected'] - em['text_to_text']:+.2f}")

@@ -224,3 +224,21 @@ def test_loss_rise_watch_stays_quiet_on_healthy_runs(losses):
 
     watch = LossRiseWatch()
     assert not [m for step, loss in enumerate(losses, 1) if (m := watch.observe(step, loss))]
+
+
+def test_loss_rise_watch_is_a_training_callback_that_names_the_learning_rate(caplog):
+    import inspect
+    from types import SimpleNamespace
+
+    from kvproj.callbacks.checkpointing import LossRiseWatch
+    from kvproj.training import KVProjCLI
+
+    assert "LossRiseWatch()" in inspect.getsource(KVProjCLI.instantiate_trainer)  # fit installs it
+
+    watch = LossRiseWatch()
+    module = SimpleNamespace(hparams={"lr": 1e-3})
+    with caplog.at_level("WARNING", logger="kvproj"):
+        for step, loss in enumerate([3.0] * 20 + [7.0] * 20, 1):
+            watch.on_train_batch_end(SimpleNamespace(global_step=step, precision="32-true"), module,
+                                     {"loss": torch.tensor(loss)}, None, step)  # fmt: skip
+    assert watch.warned and "lower model.lr (now 0.001)" in caplog.text and "steps 21-40" in caplog.text

@@ -445,3 +445,35 @@ def test_ddp_on_cpu_with_gloo_shares_the_stream(tmp_path):
     state = _ckpt(tmp_path / "checkpoints" / "smoke" / "last.ckpt")
     assert state["global_step"] == 6
     assert state["KVPairDataModule"]["consumed"] == 6 * 8 * 2  # two ranks, disjoint shares of one stream
+
+
+@pytest.mark.parametrize(
+    "name, differs",
+    [
+        ("smollm2-qwen-coder", {("run", "name"), ("model", "lr"), ("pair", "target", "name")}),
+        (
+            "qwen-coder-0.5b-1.5b",
+            {
+                ("run", "name"),
+                ("model", "lr"),
+                ("pair", "source", "name"),
+                ("pair", "target", "name"),
+                ("trainer", "precision"),
+            },
+        ),  # fmt: skip
+    ],
+)
+def test_pair_configs_carry_the_default_recipe(name, differs):
+    """The pair configs are copies of configs/default.yaml (one file per run, as `plan` and `fit --config` read
+    them); they may differ only where their header says, so a change to the default recipe cannot leave them
+    behind (they once kept the old facts-only recipe)."""
+    import yaml
+
+    def flat(d, prefix=()):
+        for k, v in d.items():
+            yield from flat(v, (*prefix, k)) if isinstance(v, dict) else [((*prefix, k), v)]
+
+    default = dict(flat(yaml.safe_load((ROOT / "configs" / "default.yaml").read_text())))
+    pair = dict(flat(yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())))
+    changed = {k for k in default.keys() | pair.keys() if default.get(k) != pair.get(k)}
+    assert changed == differs

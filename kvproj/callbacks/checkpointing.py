@@ -108,7 +108,7 @@ def divergence_advice(lr: Any, precision: Any) -> str:
     return " or ".join(advice)
 
 
-class LossRiseWatch:
+class LossRiseWatch(L.Callback):
     """Warns once when the training loss climbs well above where this run (or this resume) started: the mean
     loss of a window of steps exceeds `factor` x the first window's mean and the first by at least `margin`. A
     finite loss that rises is a divergence the NaN check never sees (a learning rate too high for the pair: on
@@ -143,6 +143,14 @@ class LossRiseWatch:
                 f"{b_first}-{b_last}; the run may be diverging"
             )
         return None
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Any, i: int):
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if self.warned or loss is None:
+            return
+        rising = self.observe(trainer.global_step, float(loss.detach()))
+        if rising:
+            log.warning("%s: %s", rising, divergence_advice(module.hparams.get("lr"), trainer.precision))
 
 
 class FiniteStateGuard(L.Callback):

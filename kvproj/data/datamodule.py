@@ -108,6 +108,15 @@ def stream_source(dataset: str, facts_seed: int, text_share: float, passages_sha
     return "facts"
 
 
+def synthetic_example(kind: str, index: int, facts: FactsConfig, passages: PassagesConfig) -> dict[str, Any]:
+    """Training example `index` of the facts or passages corpus (`stream_source` says which)."""
+    if kind == "passages":
+        return passage_example(passages, "train", index)
+    from kvproj.data.facts import train_example
+
+    return train_example(facts, index).to_dict()
+
+
 def shard_indices(start: int, batch_size: int, rank: int, world: int, worker: int, workers: int) -> Iterator[int]:
     """Stream indices one (rank, worker) builds, in order (see the module docstring for the layout)."""
     per_global = batch_size * world
@@ -266,11 +275,7 @@ class KVPairDataModule(L.LightningDataModule):
         kind = self.source_of(i)
         if kind == "text":
             return self.text_example(i)
-        if kind == "passages":
-            return passage_example(self.passages_options, "train", i)
-        from kvproj.data.facts import train_example
-
-        return train_example(self.facts_options, i).to_dict()
+        return synthetic_example(kind, i, self.facts_options, self.passages_options)
 
     def iter_examples(self, start: int = 0) -> Iterator[dict[str, Any]]:
         """The training stream from example `start`."""

@@ -325,22 +325,16 @@ def _examples(data: dict[str, Any], n: int) -> list[dict[str, Any]]:
     """The facts and passages among the first n training examples of the run's stream, drawn as training draws
     them (`kvproj.data.datamodule.stream_source`: the facts / passages / text mix of data.passages.share and
     data.text.share). Text examples are not sampled (a corpus would have to be read): a pure text run gives []."""
-    from kvproj.data.datamodule import stream_source
-    from kvproj.data.facts import FactsConfig, train_example
-    from kvproj.data.passages import PassagesConfig, passage_example
+    from kvproj.data.datamodule import stream_source, synthetic_example
+    from kvproj.data.facts import FactsConfig
+    from kvproj.data.passages import PassagesConfig
 
     dataset = data.get("dataset", "facts")
     facts = FactsConfig(**(data.get("facts") or {}))
     passages = PassagesConfig(**(data.get("passages") or {}))
     text_share = float((data.get("text") or {}).get("share", 0.0))
-    out = []
-    for i in range(n):
-        kind = stream_source(dataset, facts.seed, text_share, passages.share, i)
-        if kind == "passages":
-            out.append(passage_example(passages, "train", i))
-        elif kind == "facts":
-            out.append(train_example(facts, i).to_dict())
-    return out
+    kinds = (stream_source(dataset, facts.seed, text_share, passages.share, i) for i in range(n))
+    return [synthetic_example(k, i, facts, passages) for i, k in enumerate(kinds) if k in ("facts", "passages")]
 
 
 def sequence_lengths(
