@@ -90,6 +90,8 @@ def test_configs_refuse_bad_values_naming_the_setting():
         C2CConfig(gate_temperature_end=0.0)
     with pytest.raises(ValueError, match="model.projector.target_key_norm: must be false for IdentityConfig"):
         IdentityConfig(target_key_norm=True)
+    with pytest.raises(ValueError, match=r"model.projector.residual_hidden: got -1; valid: an int >= 0"):
+        LinearConfig(residual_hidden=-1)
     with pytest.raises(ValueError, match="model.mode: got 'merge'; valid: replace, fuse"):
         LinearConfig().build(tiny("llama").geometry, tiny("qwen2").geometry, mode="merge")
 
@@ -276,3 +278,39 @@ def test_export_is_atomic_and_refuses_non_folders(tmp_path):
     assert sorted(x.name for x in tmp_path.iterdir()) == ["p"]  # no temp or .old folder left
     with pytest.raises(FileNotFoundError, match="not an exported projector folder"):
         load_projector(tmp_path)
+
+
+@pytest.mark.parametrize("mode", ["replace", "fuse"])
+def test_residual_branch_starts_as_the_linear_map_learns_and_reloads(mode, tmp_path):
+    s, t, source_kv, target_kv, ids, mask = _caches("llama", "gemma3_text")
+    torch.manual_seed(0)
+    plain = LinearConfig().build(s.geometry, t.geometry, mode=mode)
+    torch.manual_seed(0)
+    proj = LinearConfig(residual_hidden=16).build(s.geometry, t.geometry, mode=mode)
+    assert len(proj.residual_keys) == len(proj.residual_values) == t.geometry.num_layers
+    extra = sum(p.numel() for p in proj.parameters()) - sum(p.numel() for p in plain.parameters())
+    d_in, d_out = proj.in_width, t.geometry.width
+    assert extra == 2 * t.geometry.num_layers * (d_in * 16 + 16 + 16 * d_out + d_out)
+    index = torch.arange(ids.shape[1]).expand_as(ids).clone()
+    base = target_kv if mode == "fuse" else None
+
+    def run(p):
+        return CacheTransfer(p, key_norms(t.model))(source_kv, index, mask, target_base=base)
+
+    a, b = run(plain), run(proj)
+    assert all(torch.equal(x, y) for x, y in zip(a.keys + a.values, b.keys + b.values))  # zero-started branch
+    # one optimizer step moves the branch (its output layer gets a gradient at the start) and the output
+    out = run(proj)
+    loss = sum((k.float() - 1).pow(2).mean() for k in out.keys + out.values)
+    loss.backward()
+    assert proj.residual_values[0].down.weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        for r in list(proj.residual_keys) + list(proj.residual_values):
+            r.down.weight.sub_(0.1 * r.down.weight.grad)
+    c = run(proj)
+    assert not all(torch.equal(x, y) for x, y in zip(a.values, c.values))
+    save_projector(tmp_path / "proj", proj, s.spec.to_dict(), t.spec.to_dict())
+    again, config = load_projector(tmp_path / "proj", s.geometry, t.geometry)
+    assert config["init_args"]["residual_hidden"] == 16
+    d = run(again)
+    assert all(torch.equal(x, y) for x, y in zip(c.keys + c.values, d.keys + d.values))
