@@ -1,0 +1,52 @@
+"""The small scripts behind docs/results: scripts/step_times.py reads the progress lines kvproj prints."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_step_times_joins_a_resumed_run(tmp_path):
+    step_times = _load("step_times")
+    first = tmp_path / "a.log"
+    first.write_text(
+        "INFO ridge start: fitted 2 target layers on 10 aligned positions (lambda 0.01)\n"
+        "Training:  5%|5  | 1/20 [00:01<00:19]\r"
+        "step 10/20 (50%) | train/loss 2.3140 | val/loss 2.4100 | 1,830 tok/s | 0.40 s/step | elapsed 0:00:08 | "
+        "ETA 0:00:04\n"
+        "2026-11-28 02:51:58,962 WARNING preempted: checkpoint at step 12 written to x/last.ckpt; exiting\n"
+    )
+    second = tmp_path / "b.log"
+    second.write_text(
+        "step 15/20 (75%) | train/loss 1.5000 | 900 tok/s | 0.80 s/step | elapsed 0:01:02 | ETA 0:00:04\n"
+        "step 20/20 (100%) | train/loss nan | 900 tok/s | 0.60 s/step | elapsed 0:01:05 | ETA 0:00:00\n"
+    )
+    out = tmp_path / "st.json"
+    assert step_times.main([str(first), str(second), "--command", "cmd", "--json", str(out)]) == 0
+    got = json.loads(out.read_text())
+    assert got["command"] == "cmd" and got["steps"] == "10 - 20"
+    assert [p["step"] for p in got["progress"]] == [10, 15, 20]
+    assert got["progress"][0]["train_loss"] == pytest.approx(2.314)
+    assert (got["s_per_step_min"], got["s_per_step_median"], got["s_per_step_max"]) == (0.4, 0.6, 0.8)
+    assert got["training_wall_clock"] == "0:01:13"  # 8 s before the preemption + 65 s after the resume
+    assert len(got["events"]) == 1 and "preempted" in got["events"][0]
+    assert got["ridge"] == ["INFO ridge start: fitted 2 target layers on 10 aligned positions (lambda 0.01)"]
+    with pytest.raises(SystemExit):  # an existing output is kept unless --overwrite
+        step_times.main([str(first), "--command", "cmd", "--json", str(out)])
+    assert json.loads(out.read_text()) == got
+    empty = tmp_path / "empty.log"
+    empty.write_text("nothing here\n")
+    with pytest.raises(SystemExit, match="no progress lines"):
+        step_times.main([str(empty), "--command", "cmd", "--json", str(tmp_path / "e.json")])
