@@ -112,12 +112,12 @@ def test_unknown_architecture_or_init_arg_lists_valid_ones():
 def test_init_args_keep_the_exported_format_and_round_trip():
     # the keys projector_config.json and checkpoints have always had: the config's fields plus the mode
     assert LowRankConfig(rank=8, layer_map="terminal").init_args("fuse") == {
-        "layer_map": "terminal", "target_key_norm": True, "source_window": 0, "source_tokens": 1, "rank": 8,
-        "mode": "fuse",
+        "layer_map": "terminal", "target_key_norm": True, "source_window": 0, "source_tokens": 1,
+        "extra_source_layers": [], "rank": 8, "mode": "fuse",
     }  # fmt: skip
     assert IdentityConfig().init_args("replace") == {
         "layer_map": "proportional", "target_key_norm": False, "source_window": 0, "source_tokens": 1,
-        "mode": "replace",
+        "extra_source_layers": [], "mode": "replace",
     }  # fmt: skip
     with pytest.raises(ValueError, match="source_window: must be 0 for IdentityConfig"):
         IdentityConfig(source_window=1)
@@ -154,6 +154,37 @@ def test_source_windows():
         source_windows([3], 10, 5)
     with pytest.raises(ValueError, match="source_window: got -1"):
         source_windows([3], 10, -1)
+    assert source_windows([0, 5], 10, 1, [0]) == [[0, 1, 2, 0], [4, 5, 6, 0]]  # appended, even if in the window
+    with pytest.raises(ValueError, match=r"extra_source_layers: \[10\] not in the source's 10 layers; valid: 0-9"):
+        source_windows([3], 10, 0, [2, 10])
+
+
+def test_extra_source_layers_validate_and_reach_every_target_layer():
+    for bad in ([0, 0], [-1], [True], "0"):
+        with pytest.raises(ValueError, match="model.projector.extra_source_layers: got"):
+            LinearConfig(extra_source_layers=bad)
+    with pytest.raises(ValueError, match="extra_source_layers: must be empty for IdentityConfig"):
+        IdentityConfig(extra_source_layers=[0])
+    s, t, source_kv, _, ids, mask = _caches("llama", "gemma3_text")
+    proj = LinearConfig(extra_source_layers=[0]).build(s.geometry, t.geometry)
+    assert proj.in_width == 2 * s.geometry.width
+    assert all(layers[-1] == 0 for layers in proj.source_layers)
+    assert proj.init_args["extra_source_layers"] == [0]
+    with torch.no_grad():  # not the start (identity on the mapped layer here): every input block weighs in
+        for p in proj.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    index = torch.arange(ids.shape[1]).expand_as(ids).clone()
+    out = CacheTransfer(proj, key_norms(t.model))(source_kv, index, mask)
+    last = t.geometry.num_layers - 1
+    assert proj.source_layers[last][0] != 0
+    # the deepest target layer now depends on source layer 0
+    bumped = dataclasses.replace(source_kv, values=[source_kv.values[0] + 1.0, *source_kv.values[1:]])
+    again = CacheTransfer(proj, key_norms(t.model))(bumped, index, mask)
+    assert not torch.allclose(out.values[last], again.values[last])
+    shares = proj.source_layer_shares()
+    assert all(0 in d and abs(sum(d.values()) - 1) < 1e-6 for d in shares)
+    with pytest.raises(ValueError, match=r"extra_source_layers: \[99\] not in the source's"):
+        LinearConfig(extra_source_layers=[99]).build(s.geometry, t.geometry)
 
 
 @pytest.mark.parametrize("architecture", LEARNED)

@@ -372,6 +372,27 @@ def test_ridge_with_a_source_window_finds_the_source_layer_that_carries_each_tar
     assert modules[0].projector.source_layer_shares() is None
 
 
+def test_ridge_with_extra_source_layers_uses_them_where_they_carry_the_target_layer():
+    """Planted: same model, every target layer mapped to the last source layer, plus source layer 0 for all
+    (`extra_source_layers: [0]`). Target layer 0's cache IS source layer 0's: the fit puts its weight there; the
+    last target layer keeps it on its own layer."""
+    from kvproj.ridge import ridge_init
+
+    same = ModelSpec("tiny:llama", seed=1)
+    dm = _dm(source=same, target=same)
+    last = dm.pair.target.geometry.num_layers - 1
+    module = KVProjectorModule(
+        pair=dm.pair, projector=LinearConfig(layer_map=[last] * (last + 1), extra_source_layers=[0]),
+        ridge_batches=4,
+        ridge_lambda=1e-6,
+    )  # fmt: skip
+    assert module.projector.source_layers == [[last, 0]] * (last + 1)
+    with torch.no_grad():
+        ridge_init(module, dm)
+    shares = module.projector.source_layer_shares()
+    assert shares[0][0] > 0.99 and shares[last][last] > 0.99, shares
+
+
 def test_ridge_with_source_tokens_keeps_the_aligned_position_when_it_carries_everything():
     """Planted: same model, so the target's cache at each position IS the source's at the aligned one; with the
     position before it also on offer (`source_tokens: 2`), the fit stays (nearly) exact and puts its weight on the

@@ -45,6 +45,9 @@ class ProjectorConfig(ABC):
             source_tokens - 1 positions before it, concatenated per layer (1: the aligned position alone). A target
             token spelled by several source tokens (or one whose source token carries little of its identity)
             then sees all of them, not only the last; positions before the source's first token read zeros.
+        extra_source_layers: Source layers every target layer reads besides its window (appended after it, even
+            where the window already holds one), e.g. [0]: the source's lexical layer, whose keys and values are
+            a fixed function of each token alone, for the deep target layers too.
     """
 
     architecture: ClassVar[str] = ""  # the name in projector_config.json and checkpoints
@@ -53,8 +56,20 @@ class ProjectorConfig(ABC):
     target_key_norm: bool = True
     source_window: int = 0
     source_tokens: int = 1
+    extra_source_layers: list[int] = dataclasses.field(default_factory=list)
 
     def __post_init__(self) -> None:
+        extra = self.extra_source_layers
+        if (
+            not isinstance(extra, (list, tuple))
+            or any(isinstance(x, bool) or not isinstance(x, int) or x < 0 for x in extra)
+            or len(set(extra)) != len(extra)
+        ):
+            raise ValueError(
+                f"model.projector.extra_source_layers: got {extra!r}; valid: a list of distinct source layer "
+                "indices >= 0 (empty: the window alone)"
+            )
+        object.__setattr__(self, "extra_source_layers", list(extra))
         n = self.source_tokens
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise ValueError(
@@ -135,7 +150,9 @@ class Projector(nn.Module):
         self.target_geometry = target
         self.layer_map = resolve_layer_map(config.layer_map, source.num_layers, target.num_layers)
         # the source layers each target layer reads (its mapped one, or a window around it), and their width
-        self.source_layers = source_windows(self.layer_map, source.num_layers, config.source_window)
+        self.source_layers = source_windows(
+            self.layer_map, source.num_layers, config.source_window, config.extra_source_layers
+        )
         # per source layer read: source_tokens positions side by side ([aligned, aligned - 1, ...])
         self.source_tokens = config.source_tokens
         self.in_width = source.width * self.source_tokens * len(self.source_layers[0])
@@ -234,7 +251,13 @@ class Projector(nn.Module):
             return None
         per_layer = norms.sum(2)  # [target layers, source layers read]
         shares = per_layer / per_layer.sum(1, keepdim=True).clamp_min(1e-30)
-        return [{s: float(x) for s, x in zip(layers, row)} for layers, row in zip(self.source_layers, shares)]
+        out: list[dict[int, float]] = []
+        for layers, row in zip(self.source_layers, shares):
+            share: dict[int, float] = {}
+            for s, x in zip(layers, row):  # a layer read twice (window and extra_source_layers): both blocks
+                share[s] = share.get(s, 0.0) + float(x)
+            out.append(share)
+        return out
 
     def source_token_shares(self) -> list[float] | None:
         """Each source position's share ([aligned, aligned - 1, ...]) of the squared weight norm of the key and

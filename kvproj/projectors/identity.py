@@ -22,6 +22,7 @@ class IdentityConfig(ProjectorConfig):
         target_key_norm: Must be false: the source keys of the same model are already normalised.
         source_window: Must be 0: each target layer is one source layer.
         source_tokens: Must be 1: each target position is one source position.
+        extra_source_layers: Must be empty.
     """
 
     architecture: ClassVar[str] = "identity"
@@ -39,6 +40,11 @@ class IdentityConfig(ProjectorConfig):
             raise ValueError(
                 f"model.projector.source_window: must be 0 for IdentityConfig (it passes one source layer "
                 f"through), got {self.source_window!r}"
+            )
+        if self.extra_source_layers:
+            raise ValueError(
+                f"model.projector.extra_source_layers: must be empty for IdentityConfig (it passes one source "
+                f"layer through), got {self.extra_source_layers!r}"
             )
         if self.source_tokens != 1:
             raise ValueError(

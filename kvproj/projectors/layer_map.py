@@ -44,9 +44,16 @@ def resolve_layer_map(layer_map: str | list[int], source_layers: int, target_lay
     return mapping
 
 
-def source_windows(layer_map: list[int], source_layers: int, window: int) -> list[list[int]]:
+def source_windows(
+    layer_map: list[int], source_layers: int, window: int, extra: list[int] | tuple[int, ...] = ()
+) -> list[list[int]]:
     """Per target layer, the 2 * window + 1 consecutive source layers around its mapped one (shifted, not
-    clipped, at the ends: every target layer reads as many source layers)."""
+    clipped, at the ends: every target layer reads as many source layers), then the `extra` source layers."""
+    if bad := [s for s in extra if not 0 <= s < source_layers]:
+        raise ValueError(
+            f"model.projector.extra_source_layers: {bad} not in the source's {source_layers} layers; valid: "
+            f"0-{source_layers - 1}"
+        )
     if not isinstance(window, int) or isinstance(window, bool) or window < 0:
         raise ValueError(
             f"model.projector.source_window: got {window!r}; valid: an int >= 0 (0: one source layer)"
@@ -60,5 +67,5 @@ def source_windows(layer_map: list[int], source_layers: int, window: int) -> lis
     out = []
     for s in layer_map:
         start = min(max(s - window, 0), source_layers - size)
-        out.append(list(range(start, start + size)))
+        out.append(list(range(start, start + size)) + list(extra))
     return out
