@@ -104,7 +104,8 @@ def test_unknown_architecture_or_init_arg_lists_valid_ones():
     ):
         build_projector("mlp", s, t)
     with pytest.raises(
-        ValueError, match="projector 'lowrank': unknown init args hidden; valid: layer_map, rank, "
+        ValueError,
+        match="projector 'lowrank': unknown init args hidden; valid: extra_source_layers, layer_map, rank, ",
     ):
         build_projector("lowrank", s, t, hidden=3)
 

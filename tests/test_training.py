@@ -54,8 +54,8 @@ def test_smoke_fit_writes_outputs_and_resumes(tmp_path):
     assert state["kvproj"]["target"]["name"] == "tiny:gemma3_text"
     assert state["kvproj"]["projector"] == "linear"
     assert state["kvproj"]["projector_init_args"] == {
-        "layer_map": "proportional", "target_key_norm": True, "source_window": 0, "source_tokens": 1, "bias": True,
-        "mode": "replace",
+        "layer_map": "proportional", "target_key_norm": True, "source_window": 0, "source_tokens": 1,
+        "extra_source_layers": [], "bias": True, "residual_hidden": 0, "mode": "replace",
     }  # fmt: skip
     # stdout is a pipe here: plain progress lines every trainer.log_every_n_steps (5) steps and at the end
     lines = [line for line in first.stdout.splitlines() if line.startswith("step ")]
@@ -439,6 +439,7 @@ def test_bad_settings_name_the_setting():
             "target_key_norm": True,
             "source_window": 0,
             "source_tokens": 1,
+            "extra_source_layers": [],
             "rank": 4,
         },
     }
