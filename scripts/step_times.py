@@ -15,6 +15,7 @@ import json
 import re
 import statistics
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 _PROGRESS = re.compile(
@@ -26,10 +27,6 @@ _PROGRESS = re.compile(
 def _seconds(hms: str) -> int:
     h, m, s = (int(x) for x in hms.split(":"))
     return 3600 * h + 60 * m + s
-
-
-def _hms(seconds: int) -> str:
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
 def read_logs(paths: list[Path]) -> dict:
@@ -63,7 +60,7 @@ def read_logs(paths: list[Path]) -> dict:
     return {
         "logs": [str(p) for p in paths],
         "steps": f"{progress[0]['step']} - {progress[-1]['step']}",
-        "training_wall_clock": _hms(wall),
+        "training_wall_clock": str(timedelta(seconds=wall)),  # the progress lines' format
         "s_per_step_min": min(rates),
         "s_per_step_median": statistics.median(rates),
         "s_per_step_max": max(rates),
