@@ -50,3 +50,37 @@ def test_step_times_joins_a_resumed_run(tmp_path):
     empty.write_text("nothing here\n")
     with pytest.raises(SystemExit, match="no progress lines"):
         step_times.main([str(empty), "--command", "cmd", "--json", str(tmp_path / "e.json")])
+
+
+def _curve_point(folder: Path, tag: str, step: int, em: float, shuffled: float) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    conditions = {
+        "projected": {"exact_match": em, "answer_nll": 3.5, "ci95": {"exact_match": [em - 0.05, em + 0.05]}},
+        "shuffled_source": {"exact_match": shuffled, "answer_nll": 9.0, "ci95": {"exact_match": [0.0, 0.01]}},
+    }
+    (folder / f"{tag}-step{step:07d}.json").write_text(json.dumps({"n": 100, "conditions": conditions}))
+
+
+def test_gpu_curves_table_rows_per_run_and_step(tmp_path, capsys):
+    table = _load("gpu_curves_table")
+    (tmp_path / "runs.tsv").write_text("base\t\nwide\t--data.batch_size 64\n")
+    _curve_point(tmp_path / "base" / "lightning_logs" / "base" / "eval", "narrative", 400, 0.2, 0.0)
+    _curve_point(tmp_path / "base" / "lightning_logs" / "base" / "eval", "passages-test", 400, 0.3, 0.01)
+    _curve_point(tmp_path / "base" / "lightning_logs" / "base" / "eval", "narrative", 678, 0.15, 0.0)
+    _curve_point(tmp_path / "wide" / "lightning_logs" / "wide" / "eval", "narrative", 400, 0.25, 0.02)
+    out = tmp_path / "t.json"
+    assert table.main([str(tmp_path), "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["run"], r["step"]) for r in rows] == [("base", 400), ("base", 678), ("wide", 400)]
+    assert rows[0]["passages-test"]["projected_exact_match"] == 0.3 and rows[1]["passages-test"] is None
+    assert rows[2]["overrides"] == "--data.batch_size 64" and rows[2]["narrative"]["shuffled_exact_match"] == 0.02
+    printed = capsys.readouterr().out
+    assert "| base | `(default)` | 678 | 0.15 [0.10, 0.20] | 3.50 | 0.00 | - | - | - |" in printed
+    with pytest.raises(SystemExit, match="--overwrite"):
+        table.main([str(tmp_path), "--json", str(out)])
+
+
+def test_gpu_curves_table_refuses_a_folder_without_runs(tmp_path):
+    table = _load("gpu_curves_table")
+    with pytest.raises(SystemExit, match="runs.tsv: not found"):
+        table.main([str(tmp_path)])
