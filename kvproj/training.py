@@ -130,6 +130,13 @@ class KVProjCLI(LightningCLI):
             raise ValueError(
                 f"model.mode 'fuse' needs data.protocol 'shared' (the target must read the context), got {protocol!r}"
             )
+        if mode == "fuse" and config["model"].get("ridge_init"):
+            # the ridge map predicts the target's own cache; fuse adds the projection TO that cache (a residual that
+            # starts at zero), so a ridge start would count the target's cache twice
+            raise ValueError(
+                "model.ridge_init: got true with model.mode 'fuse'; valid: false (a fuse projector starts at zero "
+                "and learns a residual on the target's own cache; the ridge start fits that cache itself)"
+            )
 
     def before_fit(self) -> None:
         ckpt = self.config["fit"].get("ckpt_path")

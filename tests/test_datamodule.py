@@ -158,6 +158,26 @@ def test_fuse_without_shared_context_refused(tmp_path):
     assert "model.mode 'fuse' needs data.protocol 'shared'" in proc.stderr
 
 
+def test_fuse_with_a_ridge_start_refused(tmp_path):
+    # the ridge map predicts the target's own cache; fuse adds the projection to that cache
+    proc = run_cli(
+        "fit",
+        "--config",
+        "configs/smoke.yaml",
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        "--model.mode",
+        "fuse",
+        "--data.protocol",
+        "shared",
+        "--model.ridge_init",
+        "true",
+    )
+    assert proc.returncode != 0
+    assert "model.ridge_init: got true with model.mode 'fuse'; valid: false" in proc.stderr
+    assert not (tmp_path / "checkpoints").exists()
+
+
 def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
     from kvproj.atomic import atomic_directory, atomic_open, atomic_write
 

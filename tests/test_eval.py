@@ -7,6 +7,7 @@ import json
 import logging
 
 import pytest
+import torch
 from conftest import tiny
 
 from kvproj.data.facts import EvalFileError
@@ -102,6 +103,32 @@ def test_same_model_identity_projector_matches_the_oracle_exactly(tmp_path):
         "answer_nll",
         "kl_to_oracle",
     }
+
+
+def test_fuse_projector_adds_to_the_target_reading_the_text(tmp_path):
+    # the shared-context protocol: a fuse projector at its zero start adds nothing, so `projected` is the oracle
+    s, t = tiny("llama"), tiny("gemma3_text")
+    proj = build_projector("linear", s.geometry, t.geometry, mode="fuse")
+    folder = save_projector(tmp_path / "proj", proj, s.spec.to_dict(), t.spec.to_dict())
+    conditions = ("target_alone", "target_text", "projected")
+    results = evaluate(str(folder), eval_file=str(_eval_file(tmp_path)), output=str(tmp_path / "r" / "results.json"),
+                       batch_size=4, max_new_tokens=6, conditions=conditions)  # fmt: skip
+    c = results["conditions"]
+    assert c["projected"]["answer_nll"] == pytest.approx(c["target_text"]["answer_nll"], abs=1e-5)
+    assert c["projected"]["answer_nll"] != pytest.approx(c["target_alone"]["answer_nll"], abs=1e-3)
+    rows = [json.loads(line) for line in (tmp_path / "r" / "generations.jsonl").read_text().splitlines()]
+    by = {(r["id"], r["condition"]): r["generated"] for r in rows}
+    assert all(by[(i, "projected")] == by[(i, "target_text")] for i, _ in by)
+    # a nonzero residual moves it away from the oracle: the projection is really added
+    with torch.no_grad():
+        for p in proj.parameters():
+            p.normal_(std=0.5)
+    moved = save_projector(tmp_path / "moved", proj, s.spec.to_dict(), t.spec.to_dict())
+    again = evaluate(str(moved), eval_file=str(_eval_file(tmp_path)), output=str(tmp_path / "m" / "results.json"),
+                     batch_size=4, max_new_tokens=6, conditions=conditions)  # fmt: skip
+    assert again["conditions"]["projected"]["answer_nll"] != pytest.approx(
+        again["conditions"]["target_text"]["answer_nll"], abs=1e-3
+    )
 
 
 def test_results_are_reproducible_and_never_overwritten(tmp_path):

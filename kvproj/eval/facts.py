@@ -174,7 +174,9 @@ class FactsEvaluator:
 
     def _projected(self, batch: dict[str, Any], transfer: CacheTransfer, fresh_source: bool = False) -> KVCache:
         """Project the batch's source cache. `fresh_source` re-runs the source (so `projected`'s latency counts
-        the source prefill); the controls reuse the cache `add_caches` already made."""
+        the source prefill); the controls reuse the cache `add_caches` already made. A projector in fuse mode (the
+        shared-context protocol) adds its projection to the target's own cache of the context, which the target
+        reads here (and its latency counts)."""
         if fresh_source:
             source = read_cache(
                 self.pair.source.model,
@@ -184,8 +186,13 @@ class FactsEvaluator:
             )
         else:
             source = batch["source_cache"]
+        base = self.pair.target_cache(batch) if transfer.projector.mode == "fuse" else None
         return transfer(
-            source, batch["align_index"], batch["target_prefix_mask"], fallback=batch.get("target_head")
+            source,
+            batch["align_index"],
+            batch["target_prefix_mask"],
+            fallback=batch.get("target_head"),
+            target_base=base,
         )
 
     def _hint_prefix(self, batch: dict[str, Any], raw: list[dict]) -> tuple[KVCache, list[str]]:
