@@ -84,3 +84,29 @@ def test_gpu_curves_table_refuses_a_folder_without_runs(tmp_path):
     table = _load("gpu_curves_table")
     with pytest.raises(SystemExit, match="runs.tsv: not found"):
         table.main([str(tmp_path)])
+
+
+def test_local_corpus_keeps_prose_and_drops_markup(tmp_path):
+    corpus = _load("local_corpus")
+    body = (
+        "# Heading line\n\n"
+        "The library reads a file, checks every record against its schema and writes the clean rows to a new table.\n\n"
+        "```python\nimport x\nx.run()\n```\n\n"
+        "- a list item that says a few words about nothing in particular at all today.\n\n"
+        ">>> print('hello')\n\n"
+        "| a | b |\n|---|---|\n\n"
+        "Installation is one command; the wheel carries its own compiled parts, so no compiler is needed here.\n"
+    )
+    kept = corpus.paragraphs(body)
+    assert kept == [
+        "The library reads a file, checks every record against its schema and writes the clean rows to a new table.",
+        "Installation is one command; the wheel carries its own compiled parts, so no compiler is needed here.",
+    ]
+    out = tmp_path / "c.jsonl"
+    assert corpus.main([str(out), "--min-chars", "100", "--max-chars", "600"]) == 0
+    texts = [json.loads(line)["text"] for line in out.read_text().splitlines()]
+    assert texts and all(100 <= len(t) <= 600 for t in texts) and len(set(texts)) == len(texts)
+    with pytest.raises(SystemExit, match="--overwrite"):
+        corpus.main([str(out)])
+    with pytest.raises(SystemExit, match="need 0 < min <= max"):
+        corpus.main([str(tmp_path / "d.jsonl"), "--min-chars", "500", "--max-chars", "100"])
