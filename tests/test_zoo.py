@@ -274,6 +274,35 @@ def test_install_converts_once_without_importing_packages(
     assert FAKE_MODULE not in sys.modules
 
 
+def test_install_from_a_given_gguf_needs_no_packages(
+    fake_entry: zoo.ZooEntry, monkeypatch: pytest.MonkeyPatch, home: Path, tmp_path: Path
+) -> None:
+    # a machine without PyPI that was handed the file: no pip, no packages, the same checks and conversion
+    monkeypatch.setattr(zoo, "_missing_packages", lambda entry: ["kvproj-fakezoo-pkg==0.0.1"])
+    monkeypatch.setattr(zoo, "_pip_install", lambda *a: pytest.fail("--gguf must not pip-install"))
+    given = tmp_path / "my-copy.gguf"
+    given.write_bytes(b"".join(CHUNKS))
+    wrong = tmp_path / "other.gguf"
+    wrong.write_bytes(b"x" * len(given.read_bytes()))
+    converter = FakeConverter()
+    monkeypatch.setattr(zoo, "_convert_gguf", converter)
+    with pytest.raises(zoo.ZooError, match="is not a file; give the path of fake.gguf"):
+        zoo.install(FAKE, progress=False, gguf=tmp_path / "missing.gguf")
+    with pytest.raises(
+        zoo.ZooError, match=f"holds 3 bytes; zoo model '{FAKE}' is fake.gguf of {len(given.read_bytes())}"
+    ):
+        (tmp_path / "short.gguf").write_bytes(b"abc")
+        zoo.install(FAKE, progress=False, gguf=tmp_path / "short.gguf")
+    with pytest.raises(zoo.ZooError, match=f"expected {fake_entry.sha256}"):
+        zoo.install(FAKE, progress=False, gguf=wrong)
+    assert converter.calls == [] and _leftovers(home) == []
+    path = zoo.install(FAKE, progress=False, gguf=given)
+    assert converter.calls == [given.read_bytes()] and zoo.is_converted(FAKE)
+    assert json.loads((path / zoo.MARKER_FILENAME).read_text())["sha256"] == fake_entry.sha256
+    with pytest.raises(ValueError, match="exactly one zoo name with a GGUF file, got 2"):
+        zoo.install_command([FAKE, FAKE], gguf=str(given))
+
+
 def test_interrupted_conversion_leaves_nothing_that_looks_complete(
     fake_entry: zoo.ZooEntry, monkeypatch: pytest.MonkeyPatch, home: Path
 ) -> None:
