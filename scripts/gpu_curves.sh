@@ -13,6 +13,7 @@ ROOT=${ROOT:-runs-curves} STEPS=${STEPS:-3000} EVERY=${EVERY:-500} MAX_SECONDS=$
 PY=${PY:-python3}
 CONFIG=${CONFIG:-configs/default.yaml}
 THREADS=${THREADS:-4}
+COMMON=${COMMON:-}  # overrides for every recipe, e.g. COMMON="--run.matmul_precision high"
 if [ $(($# % 2)) -ne 0 ] || [ $# -eq 0 ]; then
   echo "usage: bash scripts/gpu_curves.sh NAME \"OVERRIDES\" [NAME \"OVERRIDES\"]... (got $# arguments)" >&2
   exit 2
@@ -31,7 +32,7 @@ while [ $# -gt 0 ]; do
   OMP_NUM_THREADS=$THREADS $PY -m kvproj fit --config "$CONFIG" --run.name "$name" --run.overwrite true \
     --trainer.default_root_dir "$ROOT/$name" --trainer.max_steps "$STEPS" --trainer.max_time "$max_time" \
     --trainer.limit_val_batches 0 --run.checkpoint_every_n_steps 1000 --trainer.callbacks "$callbacks" \
-    $overrides >"$ROOT/$name.log" 2>&1 &
+    $COMMON $overrides >"$ROOT/$name.log" 2>&1 &
   pids+=("$!")
   echo "started $name (pid $!): $overrides"
 done

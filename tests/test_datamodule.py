@@ -3,6 +3,10 @@ splits, settings refused at the boundary, and shipped configs found from an inst
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from test_training import ROOT, _ckpt, _dm, run_cli
@@ -194,3 +198,17 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
         (tmp / "a").write_text("2")
         raise RuntimeError("boom")
     assert (folder / "a").read_text() == "1" and sorted(p.name for p in tmp_path.iterdir()) == ["proj", "r.json"]
+
+
+def test_matmul_precision_is_checked_before_models_load_and_applied(tmp_path):
+    common = ["fit", "--config", "configs/smoke.yaml", "--trainer.default_root_dir", str(tmp_path)]
+    proc = run_cli(*common, "--run.matmul_precision", "fast")
+    assert proc.returncode != 0
+    assert "run.matmul_precision: got 'fast'; valid: highest, high, medium" in proc.stderr
+    assert not (tmp_path / "checkpoints").exists()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "KVPROJ_LOG": "INFO"}
+    args = [*common, "--run.matmul_precision", "high", "--trainer.max_steps", "2", "--trainer.callbacks", "[]"]
+    proc = subprocess.run([sys.executable, "-m", "kvproj", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "float32 matrix products at precision 'high' (run.matmul_precision)" in proc.stderr
