@@ -110,11 +110,13 @@ def test_fuse_projector_adds_to_the_target_reading_the_text(tmp_path):
     s, t = tiny("llama"), tiny("gemma3_text")
     proj = build_projector("linear", s.geometry, t.geometry, mode="fuse")
     folder = save_projector(tmp_path / "proj", proj, s.spec.to_dict(), t.spec.to_dict())
-    conditions = ("target_alone", "target_text", "projected")
+    conditions = ("target_alone", "target_text", "projected", "shuffled_source")
     results = evaluate(str(folder), eval_file=str(_eval_file(tmp_path)), output=str(tmp_path / "r" / "results.json"),
                        batch_size=4, max_new_tokens=6, conditions=conditions)  # fmt: skip
     c = results["conditions"]
     assert c["projected"]["answer_nll"] == pytest.approx(c["target_text"]["answer_nll"], abs=1e-5)
+    # the fuse control keeps the target's own cache of this context: with nothing added it is the oracle too
+    assert c["shuffled_source"]["answer_nll"] == pytest.approx(c["target_text"]["answer_nll"], abs=1e-5)
     assert c["projected"]["answer_nll"] != pytest.approx(c["target_alone"]["answer_nll"], abs=1e-3)
     rows = [json.loads(line) for line in (tmp_path / "r" / "generations.jsonl").read_text().splitlines()]
     by = {(r["id"], r["condition"]): r["generated"] for r in rows}
@@ -126,9 +128,10 @@ def test_fuse_projector_adds_to_the_target_reading_the_text(tmp_path):
     moved = save_projector(tmp_path / "moved", proj, s.spec.to_dict(), t.spec.to_dict())
     again = evaluate(str(moved), eval_file=str(_eval_file(tmp_path)), output=str(tmp_path / "m" / "results.json"),
                      batch_size=4, max_new_tokens=6, conditions=conditions)  # fmt: skip
-    assert again["conditions"]["projected"]["answer_nll"] != pytest.approx(
-        again["conditions"]["target_text"]["answer_nll"], abs=1e-3
-    )
+    c = again["conditions"]
+    assert c["projected"]["answer_nll"] != pytest.approx(c["target_text"]["answer_nll"], abs=1e-3)
+    # another example's source, added to this example's own cache: not the same as the projected cache
+    assert c["shuffled_source"]["answer_nll"] != pytest.approx(c["projected"]["answer_nll"], abs=1e-4)
 
 
 def test_results_are_reproducible_and_never_overwritten(tmp_path):

@@ -2,7 +2,9 @@
 
 Conditions: target_alone (floor), target_text (oracle), source_text, projected, shuffled_source (the projected
 cache of another example: must fall to the floor), text_to_text (the source writes a hint in words, the target
-reads it), untrained (the projector at initialization).
+reads it), untrained (the projector at initialization). A projector in fuse mode (the shared-context protocol) adds
+its projection to the target's own cache of the context; its shuffled_source keeps that cache and takes the source
+from another example (what remains of the gain is an adapter effect, not transfer).
 """
 
 from __future__ import annotations
@@ -230,7 +232,13 @@ class FactsEvaluator:
         if condition == "projected":
             return self._projected(batch, self.transfer, fresh_source=True), None
         if condition == "shuffled_source":
-            return self._projected(batch, self.transfer).select(derangement(len(raw), self.settings.seed)), None
+            perm = derangement(len(raw), self.settings.seed)
+            if self.transfer.projector.mode == "fuse":
+                # the target keeps its own cache of THIS context; only the source's contribution comes from another
+                # example: what the fused cache gains without the right source is an adapter effect, not transfer
+                shuffled = {**batch, "source_cache": batch["source_cache"].select(perm)}
+                return self._projected(shuffled, self.transfer), None
+            return self._projected(batch, self.transfer).select(perm), None
         if condition == "untrained":
             return self._projected(batch, self.untrained), None
         if condition == "text_to_text":
