@@ -134,6 +134,37 @@ def test_fuse_projector_adds_to_the_target_reading_the_text(tmp_path):
     assert c["shuffled_source"]["answer_nll"] != pytest.approx(c["projected"]["answer_nll"], abs=1e-4)
 
 
+def test_fuse_text_to_text_reads_the_context_and_the_hint(tmp_path, monkeypatch):
+    # shared-context protocol: the target reads head + context + hint; masked: head + hint only
+    from kvproj.eval.facts import FactsEvaluator
+
+    lengths: list[int] = []
+    real = FactsEvaluator._hint_prefix
+
+    def spy(self, batch, raw):
+        cache, hints = real(self, batch, raw)
+        lengths.append(cache.length)
+        return cache, hints
+
+    monkeypatch.setattr(FactsEvaluator, "_hint_prefix", spy)
+    s, t = tiny("llama"), tiny("gemma3_text")
+    found = {}
+    for mode in ("replace", "fuse"):
+        proj = build_projector("linear", s.geometry, t.geometry, mode=mode)
+        folder = save_projector(tmp_path / mode, proj, s.spec.to_dict(), t.spec.to_dict())
+        lengths.clear()
+        evaluate(str(folder), eval_file=str(_eval_file(tmp_path)), output=str(tmp_path / f"r{mode}" / "results.json"),
+                 batch_size=6, max_new_tokens=4, conditions=("text_to_text",))  # fmt: skip
+        rows = [json.loads(line) for line in (tmp_path / f"r{mode}" / "generations.jsonl").read_text().splitlines()]
+        found[mode] = (lengths[0], rows)
+    rows = [json.loads(line) for line in _eval_file(tmp_path).read_text().splitlines()]
+    shortest_context = min(len(t.tokenizer(r["context"], add_special_tokens=False).input_ids) for r in rows)
+    # same seeded hints in both modes; the fuse prefix holds every context token on top (+1 for the line break)
+    assert found["fuse"][0] >= found["replace"][0] + shortest_context
+    assert all(r["prompt"].startswith("[hint] ") for r in found["replace"][1])
+    assert all(r["prompt"].startswith("Mira Tolvane") and "\n[hint] " in r["prompt"] for r in found["fuse"][1])
+
+
 def test_results_are_reproducible_and_never_overwritten(tmp_path):
     proj = _export(tmp_path, "linear", "llama", "gemma3_text")
     eval_file = str(_eval_file(tmp_path))

@@ -198,7 +198,8 @@ class FactsEvaluator:
         )
 
     def _hint_prefix(self, batch: dict[str, Any], raw: list[dict]) -> tuple[KVCache, list[str]]:
-        """text_to_text: the source writes a hint after reading the context; the target reads head + hint."""
+        """text_to_text: the source writes a hint after reading the context; the target reads head + hint (with a
+        fuse projector, the shared-context protocol: head + context + hint, since the target reads the context)."""
         src = self.pair.source
         prompt_ids = src.tokenizer(self.settings.hint_prompt, add_special_tokens=False).input_ids
         ids = [list(self.codec.encode(e).source_ids) + prompt_ids for e in raw]
@@ -216,7 +217,13 @@ class FactsEvaluator:
         hints = [h.strip() for h in src.tokenizer.batch_decode(new, skip_special_tokens=True)]
         tgt = self.pair.target
         head = self.pair.target_format.head_ids
-        rows = [head + tgt.tokenizer(h or ".", add_special_tokens=False).input_ids for h in hints]
+        if self.transfer.projector.mode == "fuse":
+            # the target's own prefix (head + context) and then the hint, on a line of its own
+            reads = [list(self.codec.encode(e).target_prefix_ids) for e in raw]
+            hint_rows = [tgt.tokenizer("\n" + (h or "."), add_special_tokens=False).input_ids for h in hints]
+            rows = [r + h for r, h in zip(reads, hint_rows)]
+        else:
+            rows = [head + tgt.tokenizer(h or ".", add_special_tokens=False).input_ids for h in hints]
         prefix_ids = pad_rows(rows, tgt.tokenizer.pad_token_id, left=True).to(tgt.device)
         prefix_mask = mask_rows(rows, left=True).to(tgt.device)
         return read_cache(tgt.model, prefix_ids, prefix_mask, geometry=tgt.geometry), hints
@@ -362,6 +369,8 @@ class FactsEvaluator:
                 ]
                 if condition == "target_text":
                     sc.prompts += [e["context"] + q for e, q in zip(raw, question_text)]
+                elif condition == "text_to_text" and self.transfer.projector.mode == "fuse":
+                    sc.prompts += [f"{e['context']}\n[hint] {h}{q}" for e, h, q in zip(raw, hints, question_text)]
                 elif condition == "text_to_text":
                     sc.prompts += [f"[hint] {h}{q}" for h, q in zip(hints, question_text)]
                 else:
