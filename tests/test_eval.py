@@ -155,7 +155,9 @@ def test_fuse_text_to_text_reads_the_context_and_the_hint(tmp_path, monkeypatch)
         lengths.clear()
         evaluate(str(folder), eval_file=str(_eval_file(tmp_path)), output=str(tmp_path / f"r{mode}" / "results.json"),
                  batch_size=6, max_new_tokens=4, conditions=("text_to_text",))  # fmt: skip
-        rows = [json.loads(line) for line in (tmp_path / f"r{mode}" / "generations.jsonl").read_text().splitlines()]
+        rows = [
+            json.loads(line) for line in (tmp_path / f"r{mode}" / "generations.jsonl").read_text().splitlines()
+        ]
         found[mode] = (lengths[0], rows)
     rows = [json.loads(line) for line in _eval_file(tmp_path).read_text().splitlines()]
     shortest_context = min(len(t.tokenizer(r["context"], add_special_tokens=False).input_ids) for r in rows)
