@@ -58,8 +58,10 @@ def test_options_are_the_functions_signature_and_docstring(command):
     text = " ".join(command_parser(func, f"kvproj {command}", positional=positional).format_help().split())
     assert inspect.getdoc(func).split()[0] in text  # the description
     for name, param in inspect.signature(func).parameters.items():
-        assert (f"--{name}" in text) != positional, name
-        if not positional:
+        # zoo commands take their required arguments as words (NAME ...) and the optional ones as --options
+        is_word = positional and param.default is inspect.Parameter.empty
+        assert (f"--{name}" in text) != is_word, name
+        if not is_word:
             default = "null" if param.default is None else param.default
             assert f"default: {default}" in text or param.default is inspect.Parameter.empty, name
     doc = " ".join(inspect.getdoc(func).split("Args:")[-1].split())
@@ -163,13 +165,21 @@ def test_zoo_commands(cli, monkeypatch, tmp_path):
     code, out, _ = cli("zoo", "path", "gemma3-270m")
     assert code == 0 and out == f"{tmp_path / 'zoo' / 'gemma3-270m'}\n"
     installed = []
-    monkeypatch.setattr(zoo, "install", lambda name: installed.append(name) or tmp_path / name)
+    monkeypatch.setattr(zoo, "install", lambda name, gguf=None: installed.append((name, gguf)) or tmp_path / name)
     assert cli("zoo", "install", "gemma3-270m", "smollm2-135m-instruct")[0] == 0
     assert cli("zoo", "install", "[gemma3-270m]")[0] == 0
-    assert installed == ["gemma3-270m", "smollm2-135m-instruct", "gemma3-270m"]
+    assert cli("zoo", "install", "gemma3-270m", "--gguf", "/data/g.gguf")[0] == 0
+    assert installed == [
+        ("gemma3-270m", None),
+        ("smollm2-135m-instruct", None),
+        ("gemma3-270m", None),
+        ("gemma3-270m", "/data/g.gguf"),
+    ]
+    code, _, err = cli("zoo", "install", "gemma3-270m", "smollm2-135m-instruct", "--gguf", "/data/g.gguf")
+    assert code == 2 and "give exactly one zoo name with a GGUF file, got 2" in err
     code, _, err = cli("zoo", "install", "gemma3-270m", "llama-7b")
     assert code == 2 and "zoo model 'llama-7b' is not in the offline zoo" in err
-    assert len(installed) == 3  # no name is installed when one is unknown
+    assert len(installed) == 4  # no name is installed when one is unknown
     code, _, err = cli("zoo", "path", "llama-7b")
     assert code == 2 and "valid names: smollm2-135m-instruct" in err
 
