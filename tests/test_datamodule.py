@@ -3,10 +3,6 @@ splits, settings refused at the boundary, and shipped configs found from an inst
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 from test_training import ROOT, _ckpt, _dm, run_cli
@@ -148,35 +144,21 @@ def test_shipped_configs_resolve_by_name_and_default():
         resolve_configs(["fit", "--config", "nope.yaml"])
 
 
-def test_fuse_without_shared_context_refused(tmp_path):
-    proc = run_cli(
-        "fit",
-        "--config",
-        "configs/smoke.yaml",
-        "--trainer.default_root_dir",
-        str(tmp_path),
-        "--model.mode",
-        "fuse",
+def _smoke_fit(tmp_path, *args: str, log: str = "WARNING"):
+    return run_cli(
+        "fit", "--config", "configs/smoke.yaml", "--trainer.default_root_dir", str(tmp_path), *args, log=log
     )
+
+
+def test_fuse_without_shared_context_refused(tmp_path):
+    proc = _smoke_fit(tmp_path, "--model.mode", "fuse")
     assert proc.returncode != 0
     assert "model.mode 'fuse' needs data.protocol 'shared'" in proc.stderr
 
 
 def test_fuse_with_a_ridge_start_refused(tmp_path):
     # the ridge map predicts the target's own cache; fuse adds the projection to that cache
-    proc = run_cli(
-        "fit",
-        "--config",
-        "configs/smoke.yaml",
-        "--trainer.default_root_dir",
-        str(tmp_path),
-        "--model.mode",
-        "fuse",
-        "--data.protocol",
-        "shared",
-        "--model.ridge_init",
-        "true",
-    )
+    proc = _smoke_fit(tmp_path, "--model.mode", "fuse", "--data.protocol", "shared", "--model.ridge_init", "true")
     assert proc.returncode != 0
     assert "model.ridge_init: got true with model.mode 'fuse'; valid: false" in proc.stderr
     assert not (tmp_path / "checkpoints").exists()
@@ -201,14 +183,11 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
 
 
 def test_matmul_precision_is_checked_before_models_load_and_applied(tmp_path):
-    common = ["fit", "--config", "configs/smoke.yaml", "--trainer.default_root_dir", str(tmp_path)]
-    proc = run_cli(*common, "--run.matmul_precision", "fast")
+    proc = _smoke_fit(tmp_path, "--run.matmul_precision", "fast")
     assert proc.returncode != 0
     assert "run.matmul_precision: got 'fast'; valid: highest, high, medium" in proc.stderr
     assert not (tmp_path / "checkpoints").exists()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "KVPROJ_LOG": "INFO"}
-    args = [*common, "--run.matmul_precision", "high", "--trainer.max_steps", "2", "--trainer.callbacks", "[]"]
-    proc = subprocess.run([sys.executable, "-m", "kvproj", *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=600)  # fmt: skip
+    args = ["--run.matmul_precision", "high", "--trainer.max_steps", "2", "--trainer.callbacks", "[]"]
+    proc = _smoke_fit(tmp_path, *args, log="INFO")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "float32 matrix products at precision 'high' (run.matmul_precision)" in proc.stderr

@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 
 
-def run_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "KVPROJ_LOG": "WARNING"}
+def run_cli(*args: str, cwd: Path = ROOT, log: str = "WARNING") -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "KVPROJ_LOG": log}
     return subprocess.run(
         [sys.executable, "-m", "kvproj", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
     )

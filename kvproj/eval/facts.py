@@ -161,6 +161,7 @@ class FactsEvaluator:
         settings: EvalSettings | None = None,
     ) -> None:
         self.pair, self.codec, self.transfer, self.untrained = pair, codec, transfer, untrained
+        self.fuse = transfer.projector.mode == "fuse"  # the shared-context protocol: the target reads the context
         self.settings = settings or EvalSettings()
         self.conditions = [c for c in self.settings.conditions if c != "untrained" or untrained is not None]
 
@@ -217,7 +218,7 @@ class FactsEvaluator:
         hints = [h.strip() for h in src.tokenizer.batch_decode(new, skip_special_tokens=True)]
         tgt = self.pair.target
         head = self.pair.target_format.head_ids
-        if self.transfer.projector.mode == "fuse":
+        if self.fuse:
             # the target's own prefix (head + context) and then the hint, on a line of its own
             reads = [list(self.codec.encode(e).target_prefix_ids) for e in raw]
             hint_rows = [tgt.tokenizer("\n" + (h or "."), add_special_tokens=False).input_ids for h in hints]
@@ -240,7 +241,7 @@ class FactsEvaluator:
             return self._projected(batch, self.transfer, fresh_source=True), None
         if condition == "shuffled_source":
             perm = derangement(len(raw), self.settings.seed)
-            if self.transfer.projector.mode == "fuse":
+            if self.fuse:
                 # the target keeps its own cache of THIS context; only the source's contribution comes from another
                 # example: what the fused cache gains without the right source is an adapter effect, not transfer
                 shuffled = {**batch, "source_cache": batch["source_cache"].select(perm)}
@@ -369,7 +370,7 @@ class FactsEvaluator:
                 ]
                 if condition == "target_text":
                     sc.prompts += [e["context"] + q for e, q in zip(raw, question_text)]
-                elif condition == "text_to_text" and self.transfer.projector.mode == "fuse":
+                elif condition == "text_to_text" and self.fuse:
                     sc.prompts += [f"{e['context']}\n[hint] {h}{q}" for e, h, q in zip(raw, hints, question_text)]
                 elif condition == "text_to_text":
                     sc.prompts += [f"[hint] {h}{q}" for h, q in zip(hints, question_text)]
