@@ -686,6 +686,8 @@ def install(
     entry = get_entry(name)
     final = converted_dir(name)
     if is_converted(name):
+        if gguf is not None:
+            logger.warning("zoo model %s is already converted at %s; --gguf %s was not read", name, final, gguf)
         return final
     root = final.parent
     _ensure_writable(root)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import re
 import subprocess
 import sys
@@ -275,7 +276,7 @@ def test_install_converts_once_without_importing_packages(
 
 
 def test_install_from_a_given_gguf_needs_no_packages(
-    fake_entry: zoo.ZooEntry, monkeypatch: pytest.MonkeyPatch, home: Path, tmp_path: Path
+    fake_entry: zoo.ZooEntry, monkeypatch: pytest.MonkeyPatch, home: Path, tmp_path: Path, caplog
 ) -> None:
     # a machine without PyPI that was handed the file: no pip, no packages, the same checks and conversion
     monkeypatch.setattr(zoo, "_missing_packages", lambda entry: ["kvproj-fakezoo-pkg==0.0.1"])
@@ -301,6 +302,9 @@ def test_install_from_a_given_gguf_needs_no_packages(
     assert json.loads((path / zoo.MARKER_FILENAME).read_text())["sha256"] == fake_entry.sha256
     with pytest.raises(ValueError, match="exactly one zoo name with a GGUF file, got 2"):
         zoo.install_command([FAKE, FAKE], gguf=str(given))
+    with caplog.at_level(logging.WARNING, logger=zoo.logger.name):  # already converted: the file is not read
+        assert zoo.install(FAKE, progress=False, gguf=wrong) == path
+    assert f"--gguf {wrong} was not read" in caplog.text and len(converter.calls) == 1
 
 
 def test_interrupted_conversion_leaves_nothing_that_looks_complete(
