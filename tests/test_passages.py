@@ -8,7 +8,17 @@ import re
 import pytest
 from test_training import _dm
 
-from kvproj.data.passages import GENRE_NAMES, GENRES, Material, PassagesConfig, _first_names, passage_example
+from kvproj.data.lexicon import _eval_words, lexicon
+from kvproj.data.passages import (
+    _FIRST,
+    GENRE_NAMES,
+    GENRES,
+    Material,
+    PassagesConfig,
+    _first_names,
+    _split_of,
+    passage_example,
+)
 
 CFG = PassagesConfig()
 
@@ -89,6 +99,7 @@ def test_passages_are_a_pure_function_of_seed_split_index():
         ({"val_genres": ["faq"], "test_genres": ["faq"]}, "overlap"),
         ({"val_genres": list(GENRE_NAMES)[:10], "test_genres": list(GENRE_NAMES)[10:]}, "no genre for training"),
         ({"share": 1.5}, "data.passages.share: must be in"),
+        ({"lexicon": "faker"}, "data.passages.lexicon: got 'faker'; valid: builtin, broad"),
     ],
 )
 def test_bad_passage_settings(kwargs, message):
@@ -122,3 +133,44 @@ def test_evaluate_reads_held_out_passage_sets():
     assert len(load_examples("facts", "passages:test", "test", None, None)) == 200
     with pytest.raises(ValueError, match="valid passage sets are passages:val and passages:test"):
         load_examples("facts", "passages:train", "test", None, None)
+
+
+BROAD = PassagesConfig(lexicon="broad")
+
+
+def test_broad_lexicon_is_large_sorted_and_free_of_held_out_and_eval_words():
+    lex = lexicon(0)
+    assert lex.sizes()["first"] > 5000 and lex.sizes()["last"] > 5000 and lex.sizes()["places"] > 300
+    eval_words = _eval_words()
+    assert {"dunleavy", "hamish", "ottoline", "velmora"} <= eval_words  # the narrative file is read
+    held_out = {n for n in _FIRST if _split_of(n, 0) != "train"}
+    for pool in (lex.first, lex.last, lex.places):
+        assert list(pool) == sorted(set(pool))
+        for entry in pool:
+            parts = [p for p in re.split(r"[ \-']", entry) if p]
+            assert all(p.lower() not in eval_words for p in parts), entry
+            assert all(_split_of(p.capitalize(), 0) == "train" for p in parts), entry
+    assert not held_out & set(lex.first)
+    assert lexicon(1).first != lex.first  # the held-out split depends on the passages seed
+
+
+def test_broad_lexicon_widens_training_names_only():
+    builtin_first = set(_FIRST)
+    train = [passage_example(BROAD, "train", i) for i in range(300)]
+    assert all(_whole_word(e["answer"], e["context"]) for e in train)
+    people = [e["answer"] for e in train if re.fullmatch(r"[A-Z][a-z]+ [A-Z][\w'-]+", e["answer"])]
+    assert len(people) >= 10
+    assert sum(p.split()[0] not in builtin_first for p in people) >= len(people) // 2
+    assert train[7] == passage_example(PassagesConfig(lexicon="broad"), "train", 7)  # deterministic
+    assert train[7] != passage_example(CFG, "train", 7)
+    for split in ("val", "test"):  # held-out passages do not change: numbers stay comparable across recipes
+        assert all(passage_example(BROAD, split, i) == passage_example(CFG, split, i) for i in range(100))
+
+
+def test_broad_training_passages_keep_first_names_unique():
+    lex = lexicon(0)
+    for name in GENRE_NAMES:
+        for i in range(60):
+            m = _CountingPeople(random.Random(f"broad/{name}/{i}"), "train", 0, lex)
+            GENRES[name](m)
+            assert len(set(m.first_names)) == len(m.first_names), (name, i, m.first_names)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kvproj.data.facts import _a
+from kvproj.data.lexicon import Lexicon, lexicon
 
 # ----------------------------------------------------------------------------------------------------------------
 # Word material: names of many origins, invented places and words, objects, organizations.
@@ -89,8 +90,9 @@ class Material:
     """Draws names, places, objects, numbers and codes for one passage (names from the split's own pool;
     invented words from syllables, checksum-partitioned like the names)."""
 
-    def __init__(self, rng: random.Random, split: str, seed: int) -> None:
+    def __init__(self, rng: random.Random, split: str, seed: int, broad: Lexicon | None = None) -> None:
         self.rng, self.split, self.seed = rng, split, seed
+        self.broad = broad  # training material only: `PassagesConfig.lexicon`
         self._used: set[str] = set()
 
     def _fresh(self, make: Callable[[], str]) -> str:
@@ -110,22 +112,49 @@ class Material:
             if 3 <= len(w) <= 13 and _split_of(w, self.seed) == self.split:
                 return w
 
+    def _surname(self) -> str:
+        """Invented from syllables; with the broad lexicon also real surnames (60%) and double-barrelled ones."""
+        if self.broad is None:
+            return self._word(_SURNAME_ENDS)
+        r = self.rng.random()
+        if r < 0.6:
+            return self.rng.choice(self.broad.last)
+        if r < 0.75:
+            return f"{self.rng.choice(self.broad.last)}-{self.rng.choice(self.broad.last)}"
+        return self._word(_SURNAME_ENDS)
+
     def person(self) -> str:
         """A full name whose first name is reserved too: no other person of the passage (full name or first
         name alone) shares it, so a question naming one of them is never ambiguous."""
-        return self._fresh(lambda: f"{self.first()} {self._word(_SURNAME_ENDS)}")
+        return self._fresh(lambda: f"{self.first()} {self._surname()}")
 
     def first(self) -> str:
-        return self._fresh(lambda: self.rng.choice(_first_names(self.seed, self.split)))
+        pool = self.broad.first if self.broad is not None else _first_names(self.seed, self.split)
+        return self._fresh(lambda: self.rng.choice(pool))
 
     def place(self) -> str:
+        if self.broad is not None and self.rng.random() < 0.5:
+            return self._fresh(lambda: self.rng.choice(self.broad.places))
         return self._fresh(lambda: self._word(_PLACE_ENDS, (1, 1)))
 
     def street(self) -> str:
-        return self._fresh(lambda: f"{self.rng.randint(2, 240)} {self._word([''])} {self.rng.choice(_STREETS)}")
+        def name() -> str:
+            if self.broad is not None and self.rng.random() < 0.5:
+                return self.rng.choice(self.broad.last)
+            return self._word([""])
+
+        return self._fresh(lambda: f"{self.rng.randint(2, 240)} {name()} {self.rng.choice(_STREETS)}")
 
     def org(self) -> str:
-        return self._fresh(lambda: f"{self._word(['', ''])} {self.rng.choice(_ORG_ENDS)}")
+        def make() -> str:
+            r = self.rng.random() if self.broad is not None else 1.0
+            if r < 0.25:
+                return f"{self.rng.choice(self.broad.last)} & {self.rng.choice(self.broad.last)}"
+            if r < 0.5:
+                return f"{self.rng.choice(self.broad.last)} {self.rng.choice(_ORG_ENDS)}"
+            return f"{self._word(['', ''])} {self.rng.choice(_ORG_ENDS)}"
+
+        return self._fresh(make)
 
     def thing(self) -> str:
         return self._fresh(lambda: f"{self.rng.choice(_ADJECTIVES)} {self.rng.choice(_NOUNS).replace('-', ' ')}")
@@ -507,6 +536,7 @@ def _weather(m: Material) -> tuple[str, list[QA]]:
 
 
 GENRE_NAMES = tuple(GENRES)
+LEXICONS = ("builtin", "broad")
 
 
 @dataclass
@@ -519,12 +549,18 @@ class PassagesConfig:
         test_genres: Genres held out for test (neither training nor validation sees them).
         share: Share of the training stream taken from passages when data.dataset is "facts" (a mix);
             data.dataset "passages" uses passages only.
+        lexicon: Names in TRAINING passages. "builtin": ~190 first names and syllable-made surnames, places and
+            organizations. "broad": also real first names, surnames and places of many origins (the name lists of
+            the faker package: ~10k first names, ~10k surnames; kvproj/data/lexicon.py), without any word of a
+            held-out pool or a bundled evaluation file. Validation and test passages use the built-in material
+            either way, so held-out numbers stay comparable across recipes.
     """
 
     seed: int = 0
     val_genres: list[str] = field(default_factory=lambda: ["faq", "letter"])
     test_genres: list[str] = field(default_factory=lambda: ["lab_notebook", "weather"])
     share: float = 0.0
+    lexicon: str = "builtin"
 
     def __post_init__(self) -> None:
         for name in ("val_genres", "test_genres"):
@@ -539,6 +575,8 @@ class PassagesConfig:
             raise ValueError("data.passages: val_genres and test_genres leave no genre for training")
         if not 0.0 <= self.share <= 1.0:
             raise ValueError(f"data.passages.share: must be in [0, 1], got {self.share}")
+        if self.lexicon not in LEXICONS:
+            raise ValueError(f"data.passages.lexicon: got {self.lexicon!r}; valid: {', '.join(LEXICONS)}")
 
     def train_genres(self) -> list[str]:
         return [g for g in GENRE_NAMES if g not in self.val_genres and g not in self.test_genres]
@@ -553,7 +591,8 @@ def passage_example(cfg: PassagesConfig, split: str, index: int) -> dict[str, An
         raise ValueError(f"passages split: got {split!r}; valid: train, val, test")
     rng = random.Random(f"passages/{cfg.seed}/{split}/{index}")
     name = rng.choice(cfg.genres(split))
-    context, qas = GENRES[name](Material(rng, split, cfg.seed))
+    broad = lexicon(cfg.seed) if cfg.lexicon == "broad" and split == "train" else None
+    context, qas = GENRES[name](Material(rng, split, cfg.seed, broad))
     forms, answer = rng.choice(qas)
     return {
         "id": f"passage-{split}-{index:07d}",
