@@ -4,7 +4,7 @@
     python scripts/step_times.py LOG [LOG ...] --command "how the run was started" --json OUT
 
 Several logs are one run resumed (`--ckpt_path last`): their progress lines are concatenated in order and the
-training wall clock is the sum of each log's last `elapsed`. Lines read: `step N/M (..) | train/loss X | ... |
+training wall clock is the sum of each log's last `elapsed`. Lines read: `step N/M (..) | train/loss X | ... [| T tok/s] |
 S s/step | elapsed H:MM:SS | ...`, the ridge start's INFO lines, preemption / loss-rise WARNING lines.
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 
 _PROGRESS = re.compile(
     r"step (?P<step>\d+)/(?P<total>\d+) \([^)]*\) \| train/loss (?P<loss>[-+0-9.eE]+|nan|inf)"
-    r".*?\| (?P<sps>[0-9.]+) s/step \| elapsed (?P<elapsed>\d+:\d\d:\d\d)"
+    r".*?(?:\| (?P<tps>[0-9,]+) tok/s )?\| (?P<sps>[0-9.]+) s/step \| elapsed (?P<elapsed>\d+:\d\d:\d\d)"
 )
 
 
@@ -41,6 +41,10 @@ def read_logs(paths: list[Path]) -> dict:
                         "step": int(m["step"]),
                         "train_loss": float(m["loss"]),
                         "s_per_step": float(m["sps"]),
+                        # real (unpadded) tokens per step: the line's tokens/s times its seconds per step
+                        "tokens_per_step": round(int(m["tps"].replace(",", "")) * float(m["sps"]))
+                        if m["tps"]
+                        else None,
                         "elapsed": m["elapsed"],
                         "log": path.name,
                     }
@@ -57,6 +61,7 @@ def read_logs(paths: list[Path]) -> dict:
         )
     # the first line of each log (after a start or resume) includes warm-up: each entry names its log
     rates = [p["s_per_step"] for p in progress]
+    tokens = [p["tokens_per_step"] for p in progress if p["tokens_per_step"] is not None]
     return {
         "logs": [str(p) for p in paths],
         "steps": f"{progress[0]['step']} - {progress[-1]['step']}",
@@ -64,6 +69,8 @@ def read_logs(paths: list[Path]) -> dict:
         "s_per_step_min": min(rates),
         "s_per_step_median": statistics.median(rates),
         "s_per_step_max": max(rates),
+        # the work per step, to tell a slower host from a heavier recipe when comparing runs
+        "tokens_per_step_median": statistics.median(tokens) if tokens else None,
         "events": events,
         "ridge": ridge,
         "progress": progress,

@@ -40,6 +40,8 @@ def test_step_times_joins_a_resumed_run(tmp_path):
     assert [p["step"] for p in got["progress"]] == [10, 15, 20]
     assert got["progress"][0]["train_loss"] == pytest.approx(2.314)
     assert (got["s_per_step_min"], got["s_per_step_median"], got["s_per_step_max"]) == (0.4, 0.6, 0.8)
+    assert [p["tokens_per_step"] for p in got["progress"]] == [732, 720, 540]  # 1,830 x 0.40, 900 x 0.80, ...
+    assert got["tokens_per_step_median"] == 720
     assert got["training_wall_clock"] == "0:01:13"  # 8 s before the preemption + 65 s after the resume
     assert len(got["events"]) == 1 and "preempted" in got["events"][0]
     assert got["ridge"] == ["INFO ridge start: fitted 2 target layers on 10 aligned positions (lambda 0.01)"]
