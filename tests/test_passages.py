@@ -8,7 +8,7 @@ import re
 import pytest
 from test_training import _dm
 
-from kvproj.data.lexicon import _eval_words, lexicon
+from kvproj.data.lexicon import _eval_words
 from kvproj.data.passages import (
     _FIRST,
     GENRE_NAMES,
@@ -19,6 +19,7 @@ from kvproj.data.passages import (
     _split_of,
     passage_example,
 )
+from kvproj.data.passages import broad_lexicon as lexicon
 
 CFG = PassagesConfig()
 

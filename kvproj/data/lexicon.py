@@ -7,10 +7,11 @@ TRAINING material with the name lists of the `faker` package (MIT licence; first
 locales, and the ~970 place names of its geo provider), kept to plain ASCII spellings.
 
 Two exclusions keep every held-out measurement honest:
-- an entry whose word is one of the built-in pools' validation or test words (the checksum split of
-  `passages._split_of`) is dropped, so the broad lexicon never leaks a held-out passage's name into training;
-- an entry sharing a word (case-folded) with any bundled evaluation file (`kvproj/data/eval/*.jsonl`: contexts,
-  questions and answers) is dropped, so the hand-written narrative set stays made of names training never saw.
+- here, an entry sharing a word (case-folded) with any bundled evaluation file (`kvproj/data/eval/*.jsonl`:
+  contexts, questions and answers) is dropped, so the hand-written narrative set stays made of names training
+  never saw;
+- in `kvproj.data.passages.broad_lexicon`, which owns the passages' checksum split, an entry with a word on the
+  validation or test side of that split is dropped, so no held-out passage's name is ever trained on.
 
 The pools are sorted tuples, so a seeded draw is the same on every machine with the same `faker` release.
 """
@@ -19,45 +20,57 @@ from __future__ import annotations
 
 import functools
 import importlib
-import json
 import pkgutil
 import re
-from importlib import resources
+from collections.abc import Callable
+from dataclasses import dataclass
 
-__all__ = ["Lexicon", "lexicon"]
+from kvproj.data.facts import EVAL_KEYS, narrative_eval_path, read_jsonl
+
+__all__ = ["Lexicon", "faker_pools"]
 
 _NAME = re.compile(r"^[A-Z][a-z]+(?:[-'][A-Z][a-z]+)?$")  # "Dunleavy", "O'Brien", "Osei-Brandt"
 _PLACE = re.compile(r"^[A-Z][a-z]+(?: [A-Z][a-z]+)?$")  # "Hrazdan", "Santa Clara"
 _WORD = re.compile(r"[a-z]+")
+_PARTS = re.compile(r"[ \-']")
 
 
+def words_of(entry: str) -> list[str]:
+    """The words of a name: "Osei-Brandt" -> ["Osei", "Brandt"], "Santa Clara" -> ["Santa", "Clara"]."""
+    return [part for part in _PARTS.split(entry) if part]
+
+
+@dataclass(frozen=True)
 class Lexicon:
-    """Sorted pools of first names, surnames and places (training split only)."""
+    """Sorted pools of first names, surnames and places."""
 
-    def __init__(self, first: tuple[str, ...], last: tuple[str, ...], places: tuple[str, ...]) -> None:
-        for label, pool in (("first names", first), ("surnames", last), ("places", places)):
+    first: tuple[str, ...]
+    last: tuple[str, ...]
+    places: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        for label, pool in (("first names", self.first), ("surnames", self.last), ("places", self.places)):
             if len(pool) < 100:
                 raise RuntimeError(
                     f"data.passages.lexicon 'broad': only {len(pool)} {label} survived the filters; the installed "
                     f"faker release lacks its name lists (valid: faker>=40,<41)"
                 )
-        self.first, self.last, self.places = first, last, places
 
     def sizes(self) -> dict[str, int]:
         return {"first": len(self.first), "last": len(self.last), "places": len(self.places)}
 
+    def filtered(self, keep: Callable[[str], bool]) -> Lexicon:
+        """The entries `keep` accepts, still sorted."""
+        return Lexicon(*(tuple(filter(keep, pool)) for pool in (self.first, self.last, self.places)))
+
 
 def _eval_words() -> frozenset[str]:
-    """Every word (case-folded) of the bundled evaluation files."""
+    """Every word (case-folded) of the bundled evaluation files (contexts, questions and answers)."""
     words: set[str] = set()
-    for entry in resources.files("kvproj.data").joinpath("eval").iterdir():
-        if not entry.name.endswith(".jsonl"):
-            continue
-        for line in entry.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                record = json.loads(line)
-                for key in ("context", "question", "answer"):
-                    words.update(_WORD.findall(str(record.get(key, "")).lower()))
+    for path in sorted(narrative_eval_path().parent.glob("*.jsonl")):
+        for record in read_jsonl(path):
+            for key in EVAL_KEYS:
+                words.update(_WORD.findall(record[key].lower()))
     return frozenset(words)
 
 
@@ -84,20 +97,14 @@ def _faker_lists() -> tuple[set[str], set[str], set[str]]:
     return first, last, places
 
 
-@functools.lru_cache(maxsize=4)
-def lexicon(seed: int) -> Lexicon:
-    """The broad lexicon for passages seed `seed` (the held-out word split depends on it)."""
-    from kvproj.data.passages import _FIRST, _split_of
-
-    held_out_first = {name.lower() for name in _FIRST if _split_of(name, seed) != "train"}
-    banned = _eval_words() | held_out_first
+@functools.cache
+def faker_pools() -> Lexicon:
+    """faker's ASCII names, without any entry that shares a word with a bundled evaluation file. The held-out
+    split of the passages' own word pools is applied by `kvproj.data.passages.broad_lexicon`, which owns it."""
+    banned = _eval_words()
+    first, last, places = _faker_lists()
 
     def keep(entry: str) -> bool:
-        # every word must be a training-split word, and none may occur in a bundled evaluation file
-        parts = re.split(r"[ \-']", entry)
-        return all(_split_of(p.capitalize(), seed) == "train" and p.lower() not in banned for p in parts if p)
+        return all(word.lower() not in banned for word in words_of(entry))
 
-    first, last, places = _faker_lists()
-    return Lexicon(
-        tuple(sorted(filter(keep, first))), tuple(sorted(filter(keep, last))), tuple(sorted(filter(keep, places)))
-    )
+    return Lexicon(*(tuple(sorted(filter(keep, pool))) for pool in (first, last, places)))

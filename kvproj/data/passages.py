@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kvproj.data.facts import _a
-from kvproj.data.lexicon import Lexicon, lexicon
+from kvproj.data.lexicon import Lexicon, faker_pools, words_of
 
 # ----------------------------------------------------------------------------------------------------------------
 # Word material: names of many origins, invented places and words, objects, organizations.
@@ -86,6 +86,15 @@ def _first_names(seed: int, split: str) -> tuple[str, ...]:
     return tuple(sorted(n for n in _FIRST if _split_of(n, seed) == split))
 
 
+@functools.lru_cache(maxsize=4)
+def broad_lexicon(seed: int) -> Lexicon:
+    """`PassagesConfig.lexicon: broad` (training passages only): faker's names whose every word falls in the
+    training side of the checksum split above, so no held-out passage's name or invented word is ever trained on."""
+    return faker_pools().filtered(
+        lambda entry: all(_split_of(w.capitalize(), seed) == "train" for w in words_of(entry))
+    )
+
+
 class Material:
     """Draws names, places, objects, numbers and codes for one passage (names from the split's own pool;
     invented words from syllables, checksum-partitioned like the names)."""
@@ -112,15 +121,18 @@ class Material:
             if 3 <= len(w) <= 13 and _split_of(w, self.seed) == self.split:
                 return w
 
+    def _real_surname(self) -> str:
+        return self.rng.choice(self.broad.last)
+
     def _surname(self) -> str:
         """Invented from syllables; with the broad lexicon also real surnames (60%) and double-barrelled ones."""
         if self.broad is None:
             return self._word(_SURNAME_ENDS)
         r = self.rng.random()
         if r < 0.6:
-            return self.rng.choice(self.broad.last)
+            return self._real_surname()
         if r < 0.75:
-            return f"{self.rng.choice(self.broad.last)}-{self.rng.choice(self.broad.last)}"
+            return f"{self._real_surname()}-{self._real_surname()}"
         return self._word(_SURNAME_ENDS)
 
     def person(self) -> str:
@@ -140,18 +152,19 @@ class Material:
     def street(self) -> str:
         def name() -> str:
             if self.broad is not None and self.rng.random() < 0.5:
-                return self.rng.choice(self.broad.last)
+                return self._real_surname()
             return self._word([""])
 
         return self._fresh(lambda: f"{self.rng.randint(2, 240)} {name()} {self.rng.choice(_STREETS)}")
 
     def org(self) -> str:
         def make() -> str:
-            r = self.rng.random() if self.broad is not None else 1.0
-            if r < 0.25:
-                return f"{self.rng.choice(self.broad.last)} & {self.rng.choice(self.broad.last)}"
-            if r < 0.5:
-                return f"{self.rng.choice(self.broad.last)} {self.rng.choice(_ORG_ENDS)}"
+            if self.broad is not None:
+                r = self.rng.random()
+                if r < 0.25:
+                    return f"{self._real_surname()} & {self._real_surname()}"
+                if r < 0.5:
+                    return f"{self._real_surname()} {self.rng.choice(_ORG_ENDS)}"
             return f"{self._word(['', ''])} {self.rng.choice(_ORG_ENDS)}"
 
         return self._fresh(make)
@@ -591,7 +604,7 @@ def passage_example(cfg: PassagesConfig, split: str, index: int) -> dict[str, An
         raise ValueError(f"passages split: got {split!r}; valid: train, val, test")
     rng = random.Random(f"passages/{cfg.seed}/{split}/{index}")
     name = rng.choice(cfg.genres(split))
-    broad = lexicon(cfg.seed) if cfg.lexicon == "broad" and split == "train" else None
+    broad = broad_lexicon(cfg.seed) if cfg.lexicon == "broad" and split == "train" else None
     context, qas = GENRES[name](Material(rng, split, cfg.seed, broad))
     forms, answer = rng.choice(qas)
     return {
