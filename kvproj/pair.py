@@ -76,8 +76,10 @@ class FrozenPair:
         self.target_format = SideFormat.build(target.tokenizer, chat_template, question_template)
         self._head: KVCache | None = None
 
-    def codec(self, answer_template: str = " {answer}", max_context_tokens: int | None = None) -> PairCodec:
-        """Turns raw examples into padded batches in this pair's formats."""
+    def codec(
+        self, answer_template: str = " {answer}", max_context_tokens: int | None = None, answer_end: str = ""
+    ) -> PairCodec:
+        """Turns raw examples into padded batches in this pair's formats (`answer_end`: training only)."""
         return PairCodec(
             self.source.tokenizer,
             self.target.tokenizer,
@@ -85,6 +87,7 @@ class FrozenPair:
             self.target_format,
             answer_template=answer_template,
             max_context_tokens=max_context_tokens,
+            answer_end=answer_end,
         )
 
     def to(self, device: torch.device) -> FrozenPair:

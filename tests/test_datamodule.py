@@ -77,6 +77,22 @@ def test_datamodule_settings_refused(setting, value):
         _dm(**{setting: value})
 
 
+def test_answer_end_is_scored_in_training_only():
+    dm = _dm(answer_end="\n")
+    example = next(dm.iter_examples(0))
+    end = dm.pair.target.tokenizer("\n", add_special_tokens=False).input_ids
+    plain = _dm().encode(example)
+    trained = dm.encode(example)
+    scored = [t for t in trained.labels if t != -100]
+    assert scored == [t for t in plain.labels if t != -100] + end  # the answer's own tokens are unchanged
+    assert trained.continuation_ids == plain.continuation_ids + end
+    # evaluation scores the answer alone: the evaluation codec never carries the end
+    assert dm.pair.codec(dm.answer_template, dm.max_context_tokens).encode(example).labels == plain.labels
+    # language-modelling examples (no question) are not given an end
+    lm = {"context": "The river", "question": "", "answer": " runs north."}
+    assert dm.encode(lm).labels == _dm().encode(lm).labels
+
+
 def test_negative_reconstruction_weight_refused():
     dm = _dm()
     with pytest.raises(ValueError, match="model.reconstruction_weight: must be >= 0, got -0.5"):

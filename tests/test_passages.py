@@ -8,7 +8,7 @@ import re
 import pytest
 from test_training import _dm
 
-from kvproj.data.lexicon import _eval_words
+from kvproj.data.lexicon import _eval_words, faker_words
 from kvproj.data.passages import (
     _FIRST,
     GENRE_NAMES,
@@ -175,3 +175,34 @@ def test_broad_training_passages_keep_first_names_unique():
             m = _CountingPeople(random.Random(f"broad/{name}/{i}"), "train", 0, lex)
             GENRES[name](m)
             assert len(set(m.first_names)) == len(m.first_names), (name, i, m.first_names)
+
+
+def test_broad_words_are_common_words_free_of_eval_words():
+    words = faker_words()
+    sizes = words.sizes()
+    assert sizes["nouns"] > 500 and sizes["adjectives"] > 250 and sizes["roles"] > 150
+    eval_words = _eval_words()
+    assert {"cornet", "starlings", "judge"} <= eval_words  # the narrative file's common nouns are read too
+    for pool in (words.nouns, words.adjectives, words.roles):
+        assert list(pool) == sorted(set(pool))
+        for entry in pool:
+            assert entry == entry.lower() and re.fullmatch(r"[a-z]+(?: [a-z]+){0,2}", entry), entry
+            assert not set(entry.split()) & eval_words, entry
+    assert "slate gray" in words.adjectives and "cornflower blue" not in words.adjectives  # "blue" is an eval word
+
+
+def test_broad_words_widen_training_objects_and_roles_only():
+    cfg = PassagesConfig(words="broad")
+    train = [passage_example(cfg, "train", i) for i in range(400)]
+    assert all(_whole_word(e["answer"], e["context"]) for e in train)
+    words = faker_words()
+    objects = [e["answer"] for e in train if e["genre"] in ("dialogue", "review", "letter", "diary")]
+    new_nouns = [a for a in objects if a.split()[-1] in words.nouns]
+    assert len(new_nouns) >= 5, objects
+    assert train[3] == passage_example(PassagesConfig(words="broad"), "train", 3)  # deterministic
+    builtin = [passage_example(CFG, "train", i) for i in range(400)]
+    assert train != builtin
+    for split in ("val", "test"):  # held-out passages do not change
+        assert all(passage_example(cfg, split, i) == passage_example(CFG, split, i) for i in range(100))
+    with pytest.raises(ValueError, match="data.passages.words: got 'lorem'; valid: builtin, broad"):
+        PassagesConfig(words="lorem")

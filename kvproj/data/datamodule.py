@@ -155,6 +155,10 @@ class KVPairDataModule(L.LightningDataModule):
         protocol: "masked" (the target never sees the context: the projected cache stands in for it) or
             "shared" (the target reads the context too; the projection fuses into its own cache).
         answer_template: How the answer follows; must contain "{answer}".
+        answer_end: Tokens scored after each training answer (tokenized on their own), e.g. "\n": the target
+            learns from the projected cache where the answer ends, instead of running a name on ("Tamsworthsmith"
+            for "Tamsworth"). Training and validation only: `kvproj evaluate` scores the answer alone, and exact
+            match reads the generation's first line. Not used for language-modelling examples.
         batch_size: Training examples per step.
         val_batch_size: Validation examples per batch.
         val_examples: Held-out validation examples (facts: entities never seen in training; text: a seeded
@@ -173,6 +177,7 @@ class KVPairDataModule(L.LightningDataModule):
         text: TextOptions = TextOptions(),
         protocol: str = "masked",
         answer_template: str = " {answer}",
+        answer_end: str = "",
         batch_size: int = 16,
         val_batch_size: int = 16,
         val_examples: int = 64,
@@ -192,6 +197,11 @@ class KVPairDataModule(L.LightningDataModule):
             raise ValueError("KVPairDataModule needs the frozen pair (the CLI builds it from the `pair:` section)")
         if "{answer}" not in answer_template:
             raise ValueError(f"data.answer_template must contain '{{answer}}', got {answer_template!r}")
+        if answer_end and not pair.target.tokenizer(answer_end, add_special_tokens=False).input_ids:
+            raise ValueError(
+                f"data.answer_end: got {answer_end!r}; valid: plain text that tokenizes to at least one token "
+                f"(e.g. '\\n'), or '' for none"
+            )
         for name, value in (
             ("batch_size", batch_size),
             ("val_batch_size", val_batch_size),
@@ -218,7 +228,9 @@ class KVPairDataModule(L.LightningDataModule):
         self.batch_size, self.val_batch_size, self.val_examples = batch_size, val_batch_size, val_examples
         self.num_workers = num_workers
         self.pair = pair
-        self.codec = pair.codec(answer_template=answer_template, max_context_tokens=max_context_tokens)
+        self.codec = pair.codec(
+            answer_template=answer_template, max_context_tokens=max_context_tokens, answer_end=answer_end
+        )
         self.consumed = 0  # training examples the model has consumed (exact resume)
         self._splits: dict[str, list[dict]] | None = None
         self._text_splits: dict[str, list[str]] | None = None

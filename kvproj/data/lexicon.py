@@ -27,11 +27,14 @@ from dataclasses import dataclass
 
 from kvproj.data.facts import EVAL_KEYS, narrative_eval_path, read_jsonl
 
-__all__ = ["Lexicon", "faker_pools"]
+__all__ = ["Lexicon", "WordPools", "faker_pools", "faker_words"]
 
 _NAME = re.compile(r"^[A-Z][a-z]+(?:[-'][A-Z][a-z]+)?$")  # "Dunleavy", "O'Brien", "Osei-Brandt"
 _PLACE = re.compile(r"^[A-Z][a-z]+(?: [A-Z][a-z]+)?$")  # "Hrazdan", "Santa Clara"
 _WORD = re.compile(r"[a-z]+")
+_COMMON = re.compile(r"^[a-z]{3,}$")  # "holiday", "brilliant"
+_JOB = re.compile(r"^[A-Za-z]+(?: [A-Za-z]+){0,2}$")  # "Surgeon", "Insurance broker", "Tour manager"
+_CAMEL = re.compile(r"[A-Z][a-z]+")  # "CornflowerBlue" -> Cornflower, Blue
 _PARTS = re.compile(r"[ \-']")
 
 
@@ -108,3 +111,50 @@ def faker_pools() -> Lexicon:
         return all(word.lower() not in banned for word in words_of(entry))
 
     return Lexicon(*(tuple(sorted(filter(keep, pool))) for pool in (first, last, places)))
+
+
+@dataclass(frozen=True)
+class WordPools:
+    """Sorted pools of common nouns, adjectives (with colour names) and occupations, lower case."""
+
+    nouns: tuple[str, ...]
+    adjectives: tuple[str, ...]
+    roles: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        for label, pool in (("nouns", self.nouns), ("adjectives", self.adjectives), ("roles", self.roles)):
+            if len(pool) < 100:
+                raise RuntimeError(
+                    f"data.passages.words 'broad': only {len(pool)} {label} survived the filters; the installed "
+                    f"faker release lacks its word lists (valid: faker>=40,<41)"
+                )
+
+    def sizes(self) -> dict[str, int]:
+        return {"nouns": len(self.nouns), "adjectives": len(self.adjectives), "roles": len(self.roles)}
+
+
+@functools.cache
+def faker_words() -> WordPools:
+    """faker's common English nouns and adjectives (the part-of-speech lists of its en_US lorem provider), its
+    colour names ("slate gray") and its occupations of at most three words ("insurance broker"), without
+    any entry that shares a word with a bundled evaluation file."""
+    try:
+        import faker.providers.color as color
+        import faker.providers.job.en_US as job
+        import faker.providers.lorem.en_US as lorem
+    except ImportError as error:
+        raise ImportError(
+            "data.passages.words: 'broad' needs the faker package (pip install 'faker>=40,<41'); valid without "
+            "it: 'builtin'"
+        ) from error
+    banned = _eval_words()
+    parts = vars(lorem.Provider).get("parts_of_speech", {})
+    nouns = {w for w in parts.get("noun", ()) if _COMMON.match(w)}
+    adjectives = {w for w in parts.get("adjective", ()) if _COMMON.match(w)}
+    adjectives |= {" ".join(_CAMEL.findall(c)).lower() for c in color.Provider.all_colors if _CAMEL.match(c)}
+    roles = {j.lower() for j in job.Provider.jobs if _JOB.match(j)}
+
+    def keep(entry: str) -> bool:
+        return all(word not in banned for word in entry.split())
+
+    return WordPools(*(tuple(sorted(filter(keep, pool))) for pool in (nouns, adjectives, roles)))

@@ -75,12 +75,15 @@ def encode_example(
     target_format: SideFormat,
     *,
     answer_template: str = " {answer}",
+    answer_end: str = "",
     max_context_tokens: int | None = None,
     stream_index: int = -1,
 ) -> EncodedExample:
     """Tokenize and align one example. `example` has context, question, answer (and optionally id).
 
     An empty question means language modelling: the continuation is the answer text alone, every token scored.
+    `answer_end` (training only) is tokenized on its own and appended to the answer's tokens, scored with them:
+    the answer's tokens stay exactly those evaluation scores.
     """
     context = example["context"]
     alignment = align(context, source_tokenizer, target_tokenizer)
@@ -110,6 +113,8 @@ def encode_example(
         raise ValueError(
             f"example {example.get('id', '?')}: the answer {example['answer']!r} tokenizes to nothing"
         )
+    if answer_end and question:
+        answer_ids = answer_ids + target_tokenizer(answer_end, add_special_tokens=False).input_ids
     return EncodedExample(
         id=str(example.get("id", stream_index)),
         source_ids=source_ids,
@@ -175,6 +180,7 @@ class PairCodec:
     target_format: SideFormat
     answer_template: str = " {answer}"
     max_context_tokens: int | None = None
+    answer_end: str = ""
 
     def encode(self, example: dict[str, Any], stream_index: int = -1) -> EncodedExample:
         return encode_example(
@@ -184,6 +190,7 @@ class PairCodec:
             self.source_format,
             self.target_format,
             answer_template=self.answer_template,
+            answer_end=self.answer_end,
             max_context_tokens=self.max_context_tokens,
             stream_index=stream_index,
         )

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kvproj.data.facts import _a
-from kvproj.data.lexicon import Lexicon, faker_pools, words_of
+from kvproj.data.lexicon import Lexicon, WordPools, faker_pools, faker_words, words_of
 
 # ----------------------------------------------------------------------------------------------------------------
 # Word material: names of many origins, invented places and words, objects, organizations.
@@ -99,9 +99,17 @@ class Material:
     """Draws names, places, objects, numbers and codes for one passage (names from the split's own pool;
     invented words from syllables, checksum-partitioned like the names)."""
 
-    def __init__(self, rng: random.Random, split: str, seed: int, broad: Lexicon | None = None) -> None:
+    def __init__(
+        self,
+        rng: random.Random,
+        split: str,
+        seed: int,
+        broad: Lexicon | None = None,
+        words: WordPools | None = None,
+    ) -> None:
         self.rng, self.split, self.seed = rng, split, seed
         self.broad = broad  # training material only: `PassagesConfig.lexicon`
+        self.words = words  # training material only: `PassagesConfig.words`
         self._used: set[str] = set()
 
     def _fresh(self, make: Callable[[], str]) -> str:
@@ -170,13 +178,26 @@ class Material:
         return self._fresh(make)
 
     def thing(self) -> str:
-        return self._fresh(lambda: f"{self.rng.choice(_ADJECTIVES)} {self.rng.choice(_NOUNS).replace('-', ' ')}")
+        """An object; with the broad word pools half of them are any common adjective and noun ("a brief
+        mixture", "a slate gray rope")."""
+
+        def make() -> str:
+            if self.words is not None and self.rng.random() < 0.5:
+                return f"{self.rng.choice(self.words.adjectives)} {self.rng.choice(self.words.nouns)}"
+            return f"{self.rng.choice(_ADJECTIVES)} {self.rng.choice(_NOUNS).replace('-', ' ')}"
+
+        return self._fresh(make)
 
     def food(self) -> str:
         return self._fresh(lambda: self.rng.choice(_FOODS))
 
     def role(self) -> str:
-        return self._fresh(lambda: self.rng.choice(_ROLES).replace("-", " "))
+        def make() -> str:
+            if self.words is not None and self.rng.random() < 0.5:
+                return self.rng.choice(self.words.roles)
+            return self.rng.choice(_ROLES).replace("-", " ")
+
+        return self._fresh(make)
 
     def code(self) -> str:
         letters = "ABCDEFGHJKLMNPRSTUVWXYZ"
@@ -550,6 +571,7 @@ def _weather(m: Material) -> tuple[str, list[QA]]:
 
 GENRE_NAMES = tuple(GENRES)
 LEXICONS = ("builtin", "broad")
+WORDS = ("builtin", "broad")
 
 
 @dataclass
@@ -567,6 +589,10 @@ class PassagesConfig:
             the faker package: ~10k first names, ~10k surnames; kvproj/data/lexicon.py), without any word of a
             held-out pool or a bundled evaluation file. Validation and test passages use the built-in material
             either way, so held-out numbers stay comparable across recipes.
+        words: Common words in TRAINING passages. "builtin": ~70 objects (adjective + noun) and ~40 occupations.
+            "broad": half of the objects drawn from ~890 common nouns and ~360 adjectives and colour names, half
+            of the occupations from ~260 (faker's en_US word and job lists; kvproj/data/lexicon.py), without any
+            word of a bundled evaluation file. Validation and test passages use the built-in words either way.
     """
 
     seed: int = 0
@@ -574,6 +600,7 @@ class PassagesConfig:
     test_genres: list[str] = field(default_factory=lambda: ["lab_notebook", "weather"])
     share: float = 0.0
     lexicon: str = "builtin"
+    words: str = "builtin"
 
     def __post_init__(self) -> None:
         for name in ("val_genres", "test_genres"):
@@ -590,6 +617,8 @@ class PassagesConfig:
             raise ValueError(f"data.passages.share: must be in [0, 1], got {self.share}")
         if self.lexicon not in LEXICONS:
             raise ValueError(f"data.passages.lexicon: got {self.lexicon!r}; valid: {', '.join(LEXICONS)}")
+        if self.words not in WORDS:
+            raise ValueError(f"data.passages.words: got {self.words!r}; valid: {', '.join(WORDS)}")
 
     def train_genres(self) -> list[str]:
         return [g for g in GENRE_NAMES if g not in self.val_genres and g not in self.test_genres]
@@ -605,7 +634,8 @@ def passage_example(cfg: PassagesConfig, split: str, index: int) -> dict[str, An
     rng = random.Random(f"passages/{cfg.seed}/{split}/{index}")
     name = rng.choice(cfg.genres(split))
     broad = broad_lexicon(cfg.seed) if cfg.lexicon == "broad" and split == "train" else None
-    context, qas = GENRES[name](Material(rng, split, cfg.seed, broad))
+    words = faker_words() if cfg.words == "broad" and split == "train" else None
+    context, qas = GENRES[name](Material(rng, split, cfg.seed, broad, words))
     forms, answer = rng.choice(qas)
     return {
         "id": f"passage-{split}-{index:07d}",
