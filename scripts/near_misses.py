@@ -1,6 +1,7 @@
 """How near the misses of one condition come: of the examples a condition gets wrong, how many first lines hold
 the first four characters of an answer word (the entity carried, its spelling not: "Hamish Dunlebya" for "Hamish
-Dunleavy", "Tessalville" for "Tessaluna"; `kvproj.eval.metrics.near_miss`).
+Dunleavy", "Tessalville" for "Tessaluna"; `kvproj.eval.metrics.near_miss`), and how many run the whole answer on
+into a longer word ("Tamsworthsmith" for "Tamsworth", "191111" for "1911"; `kvproj.eval.metrics.overrun`).
 
     .venv/bin/python scripts/near_misses.py RUN/generations.jsonl [--condition projected] [--output near_misses.json]
 """
@@ -11,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from kvproj.eval.metrics import near_miss
+from kvproj.eval.metrics import near_miss, overrun
 
 
 def main() -> None:
@@ -26,6 +27,7 @@ def main() -> None:
         raise SystemExit(f"--condition: no rows for {args.condition!r} in {args.generations}")
     misses = [r for r in rows if not r["correct"]]
     near = [r for r in misses if near_miss(r["generated"], r["answer"])]
+    over = [r for r in misses if overrun(r["generated"], r["answer"])]
     out = {
         "generations": str(args.generations),
         "condition": args.condition,
@@ -34,6 +36,8 @@ def main() -> None:
         "misses": len(misses),
         "near_misses": len(near),
         "near_miss_examples": [{"answer": r["answer"], "generated": r["generated"][:60]} for r in near[:8]],
+        "overruns": len(over),
+        "overrun_examples": [{"answer": r["answer"], "generated": r["generated"][:60]} for r in over[:8]],
     }
     text = json.dumps(out, indent=2) + "\n"
     print(text, end="")

@@ -33,6 +33,12 @@ def test_exact_match_and_f1_on_constructed_cases():
     assert not metrics.near_miss(" 412 pounds", "412 kilograms")  # no answer word of 4+ characters in the line
     assert not metrics.near_miss(" leeks, leeks\nRoman coin", "a Roman coin")
     assert not metrics.near_miss(" pink", "red")
+    assert metrics.overrun(" Oriel Tamsworthsmith Surveyor", "Oriel Tamsworth")
+    assert metrics.overrun(" 191111111", "1911") and metrics.overrun(" 477, bed 477", "47")
+    assert not metrics.overrun(" Oriel Tamsworth, surveyor", "Oriel Tamsworth")  # an exact match
+    assert not metrics.overrun(" jigsaw puzzle jigsaw books", "jigsaw puzzles")  # short, not run on
+    assert not metrics.overrun(" Ramona Poskitt", "Henrietta Poskitt")
+    assert not metrics.overrun(" 312\n3122", "312")  # only the first line counts
 
 
 def test_bootstrap_ci_brackets_the_mean_and_is_seeded():

@@ -47,6 +47,16 @@ def near_miss(generated: str, answer: str, prefix: int = 4) -> bool:
     return any(stem in got for stem in stems)
 
 
+def overrun(generated: str, answer: str) -> bool:
+    """A miss that writes the whole answer but runs its last word on: the normalized first line holds the
+    normalized answer from a word start, followed by more of the same word ("Oriel Tamsworthsmith" for "Oriel
+    Tamsworth", "191111" for "1911", "477" for "47"). False for exact matches."""
+    gold, got = normalize(answer), normalize(first_line(generated))
+    if not gold or exact_match(generated, answer):
+        return False
+    return re.search(r"(?:^| )" + re.escape(gold) + r"\S", got) is not None
+
+
 def token_f1(generated: str, answer: str) -> float:
     """SQuAD-style token F1 between the first line of the generation and the answer."""
     got, gold = normalize(first_line(generated)).split(), normalize(answer).split()
