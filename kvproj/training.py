@@ -33,6 +33,8 @@ from kvproj.callbacks.memory import MemoryWatch
 from kvproj.callbacks.preemption import PreemptionHandler
 from kvproj.callbacks.progress import progress_callbacks
 from kvproj.data.datamodule import KVPairDataModule
+from kvproj.data.facts import FactsConfig
+from kvproj.data.passages import PassagesConfig
 from kvproj.module import KVProjectorModule
 from kvproj.pair import FrozenPair
 
@@ -137,6 +139,11 @@ class KVProjCLI(LightningCLI):
         torch.set_float32_matmul_precision(precision)
         if precision != "highest":
             log.info("float32 matrix products at precision %r (run.matmul_precision)", precision)
+        for name, options in (("facts", FactsConfig), ("passages", PassagesConfig)):
+            # the datasets' own checks (data.passages.lexicon, ...), before the models load rather than after
+            value = config["data"].get(name)
+            if value is not None and not isinstance(value, options):
+                options(**(value.as_dict() if hasattr(value, "as_dict") else dict(value)))
         mode, protocol = config["model"]["mode"], config["data"]["protocol"]
         if mode == "fuse" and protocol != "shared":
             raise ValueError(

@@ -198,6 +198,16 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
     assert (folder / "a").read_text() == "1" and sorted(p.name for p in tmp_path.iterdir()) == ["proj", "r.json"]
 
 
+def test_dataset_options_are_checked_before_models_load(tmp_path):
+    # a model that does not exist: the option's error comes first, so nothing was loaded before it
+    proc = _smoke_fit(tmp_path, "--data.passages.lexicon", "faker", "--pair.source.name", "no-such-model")
+    assert proc.returncode != 0
+    assert "data.passages.lexicon: got 'faker'; valid: builtin, broad" in proc.stderr
+    assert "no-such-model" not in proc.stderr
+    proc = _smoke_fit(tmp_path, "--data.facts.n_train_entities", "0", "--pair.source.name", "no-such-model")
+    assert "facts.n_train_entities must be an integer in 1..50000, got 0" in proc.stderr
+
+
 def test_matmul_precision_is_checked_before_models_load_and_applied(tmp_path):
     proc = _smoke_fit(tmp_path, "--run.matmul_precision", "fast")
     assert proc.returncode != 0
