@@ -1,7 +1,9 @@
 """How near the misses of one condition come: of the examples a condition gets wrong, how many first lines hold
 the first four characters of an answer word (the entity carried, its spelling not: "Hamish Dunlebya" for "Hamish
 Dunleavy", "Tessalville" for "Tessaluna"; `kvproj.eval.metrics.near_miss`), and how many run the whole answer on
-into a longer word ("Tamsworthsmith" for "Tamsworth", "191111" for "1911"; `kvproj.eval.metrics.overrun`).
+into a longer word ("Tamsworthsmith" for "Tamsworth", "191111" for "1911"; `kvproj.eval.metrics.overrun`). Also
+how many first lines START with the answer (`kvproj.eval.metrics.answer_first`: a line listing several candidates
+counts as exact match, not here).
 
     .venv/bin/python scripts/near_misses.py RUN/generations.jsonl [--condition projected] [--output near_misses.json]
 """
@@ -12,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from kvproj.eval.metrics import near_miss, overrun
+from kvproj.eval.metrics import answer_first, near_miss, overrun
 
 
 def main() -> None:
@@ -33,6 +35,7 @@ def main() -> None:
         "condition": args.condition,
         "examples": len(rows),
         "correct": len(rows) - len(misses),
+        "correct_answer_first": int(sum(answer_first(r["generated"], r["answer"]) for r in rows)),
         "misses": len(misses),
         "near_misses": len(near),
         "near_miss_examples": [{"answer": r["answer"], "generated": r["generated"][:60]} for r in near[:8]],

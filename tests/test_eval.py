@@ -33,6 +33,13 @@ def test_exact_match_and_f1_on_constructed_cases():
     assert not metrics.near_miss(" 412 pounds", "412 kilograms")  # no answer word of 4+ characters in the line
     assert not metrics.near_miss(" leeks, leeks\nRoman coin", "a Roman coin")
     assert not metrics.near_miss(" pink", "red")
+    assert metrics.answer_first(" Oriel Tamsworth, surveyor", "Oriel Tamsworth") == 1.0
+    assert metrics.answer_first(" The Ticking Gull\nmore", "The Ticking Gull") == 1.0
+    assert (
+        metrics.answer_first(" 13 degrees, 32 degrees, 37 degrees", "32") == 0.0
+    )  # a list: exact_match credits it
+    assert metrics.exact_match(" 13 degrees, 32 degrees, 37 degrees", "32") == 1.0
+    assert metrics.answer_first(" 321", "32") == 0.0 and metrics.answer_first("", "32") == 0.0
     assert metrics.overrun(" Oriel Tamsworthsmith Surveyor", "Oriel Tamsworth")
     assert metrics.overrun(" 191111111", "1911") and metrics.overrun(" 477, bed 477", "47")
     assert not metrics.overrun(" Oriel Tamsworth, surveyor", "Oriel Tamsworth")  # an exact match

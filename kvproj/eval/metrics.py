@@ -37,6 +37,14 @@ def exact_match(generated: str, answer: str) -> float:
     return 1.0 if f" {gold} " in f" {got} " else 0.0
 
 
+def answer_first(generated: str, answer: str) -> float:
+    """A stricter exact match: 1.0 if the normalized first line STARTS with the normalized answer (whole words).
+    `exact_match` also credits an answer anywhere in the first line, so a line that lists several candidates
+    ("13 degrees, 32 degrees, 37 degrees" for "32") counts there and not here."""
+    gold, got = normalize(answer), normalize(first_line(generated))
+    return 1.0 if gold and f"{got} ".startswith(f"{gold} ") else 0.0
+
+
 def near_miss(generated: str, answer: str, prefix: int = 4) -> bool:
     """A miss that names the entity but not exactly: the normalized first line holds the first `prefix` characters
     of an answer word of at least that length ("Hamish Dunlebya" for "Hamish Dunleavy", "Tessalville" for
