@@ -188,8 +188,9 @@ def test_results_are_reproducible_and_never_overwritten(tmp_path):
     a = evaluate(str(proj), output=str(tmp_path / "a" / "results.json"), **common)
     b = evaluate(str(proj), output=str(tmp_path / "b" / "results.json"), **common)
     for name in a["conditions"]:
-        for k in ("exact_match", "f1", "answer_nll", "kl_to_oracle"):
+        for k in ("exact_match", "answer_first", "f1", "answer_nll", "kl_to_oracle"):
             assert a["conditions"][name][k] == b["conditions"][name][k]
+        assert a["conditions"][name]["answer_first"] <= a["conditions"][name]["exact_match"]
     assert (tmp_path / "a" / "generations.jsonl").read_text() == (tmp_path / "b" / "generations.jsonl").read_text()
     before = (tmp_path / "a" / "results.json").read_text()
     with pytest.raises(FileExistsError, match="--overwrite"):

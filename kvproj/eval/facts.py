@@ -390,8 +390,9 @@ class FactsEvaluator:
         for ci, (name, sc) in enumerate(scores.items()):
             em = [metrics.exact_match(g, e["answer"]) for g, e in zip(sc.generated, examples)]
             f1 = [metrics.token_f1(g, e["answer"]) for g, e in zip(sc.generated, examples)]
-            per_metric = {"exact_match": em, "f1": f1, "answer_nll": sc.nll, "kl_to_oracle": sc.kl,
-                          "latency_ms": sc.latency_ms}  # fmt: skip
+            first = [metrics.answer_first(g, e["answer"]) for g, e in zip(sc.generated, examples)]
+            per_metric = {"exact_match": em, "answer_first": first, "f1": f1, "answer_nll": sc.nll,
+                          "kl_to_oracle": sc.kl, "latency_ms": sc.latency_ms}  # fmt: skip
             entry: dict[str, Any] = {}
             ci95: dict[str, Any] = {}
             for k, values in per_metric.items():

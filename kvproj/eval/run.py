@@ -90,7 +90,15 @@ def print_summary(results: dict[str, Any], console=None) -> None:
 
     console = console or Console()
     table = Table(title=f"{results['task']} task, n={results['n']}: {results['source']} -> {results['target']}")
-    for col in ("condition", "exact match [95% CI]", "F1", "answer NLL", "KL to oracle", "latency ms"):
+    for col in (
+        "condition",
+        "exact match [95% CI]",
+        "answer first",
+        "F1",
+        "answer NLL",
+        "KL to oracle",
+        "latency ms",
+    ):
         table.add_column(col, justify="left" if col == "condition" else "right")
 
     def fmt(v, digits=3):
@@ -99,7 +107,8 @@ def print_summary(results: dict[str, Any], console=None) -> None:
     for name, c in results["conditions"].items():
         lo, hi = c["ci95"]["exact_match"] or [None, None]
         table.add_row(
-            name, f"{fmt(c['exact_match'])} [{fmt(lo, 2)}, {fmt(hi, 2)}]", fmt(c["f1"]), fmt(c["answer_nll"]),
+            name, f"{fmt(c['exact_match'])} [{fmt(lo, 2)}, {fmt(hi, 2)}]", fmt(c.get("answer_first")),
+            fmt(c["f1"]), fmt(c["answer_nll"]),
             fmt(c["kl_to_oracle"]), fmt(c["latency_ms"], 1),
         )  # fmt: skip
     console.print(table)
@@ -243,8 +252,8 @@ def evaluate(
         results, rows = evaluator.run(examples, progress=advance, generate=task == "facts")
     if task == "lm":  # likelihood only: perplexity of the continuation given each prefix
         for c in results["conditions"].values():
-            c["exact_match"] = c["f1"] = None
-            c["ci95"]["exact_match"] = c["ci95"]["f1"] = None
+            c["exact_match"] = c["answer_first"] = c["f1"] = None
+            c["ci95"]["exact_match"] = c["ci95"]["answer_first"] = c["ci95"]["f1"] = None
             c["perplexity"] = math.exp(c["answer_nll"]) if c["answer_nll"] is not None else None
         results["gap_closed"]["exact_match"] = None
     results = {
