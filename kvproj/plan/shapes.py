@@ -352,6 +352,7 @@ def sequence_lengths(
     batch = int(data.get("batch_size", 16))
     max_ctx = int(data.get("max_context_tokens", 256))
     answer_template = data.get("answer_template", " {answer}")
+    answer_end = data.get("answer_end", "") or ""
     examples = _examples(data, batch * batches)
     if not examples:  # a text corpus: context = a share of each text, up to max_context_tokens
         ctx = max_ctx
@@ -385,6 +386,7 @@ def sequence_lengths(
                 formats[0],
                 formats[1],
                 answer_template=answer_template,
+                answer_end=answer_end,
                 max_context_tokens=max_ctx,
             )
             answer = sum(1 for x in enc.labels if x != -100)
@@ -395,7 +397,7 @@ def sequence_lengths(
         before, after = question_template.split("{question}")
         for e in examples:
             ctx = min(math.ceil(len(e["context"]) / CHARS_PER_TOKEN), max_ctx)
-            answer = math.ceil(len(answer_template.format(answer=e["answer"])) / CHARS_PER_TOKEN)
+            answer = math.ceil(len(answer_template.format(answer=e["answer"]) + answer_end) / CHARS_PER_TOKEN)
             question = math.ceil(len(before + e["question"] + after) / CHARS_PER_TOKEN)
             rows.append((ctx + 1, ctx + 1, question + answer, answer))
         encode = ENCODE_SECONDS
