@@ -1,4 +1,5 @@
-"""A broad lexicon for training passages: real first names, surnames and places of many origins.
+"""A broad lexicon for training passages: real first names, surnames and places of many origins
+(`data.passages.lexicon: broad`), and common nouns, adjectives and occupations (`data.passages.words: broad`).
 
 The built-in word material of `kvproj.data.passages` draws people's first names from ~190 names and every other
 name from one syllable generator. A projector trained on it carries those names well and garbles names spelled
@@ -6,7 +7,11 @@ otherwise (docs/evaluation.md, "near misses": "Hamish Dunlebya" for "Hamish Dunl
 TRAINING material with the name lists of the `faker` package (MIT licence; first and last names of its ~80
 locales, and the ~970 place names of its geo provider), kept to plain ASCII spellings.
 
-Two exclusions keep every held-out measurement honest:
+`faker_words` does the same for common words: the noun and adjective lists of faker's en_US lorem provider, its
+colour names and its shorter job titles.
+
+Two exclusions keep every held-out measurement honest (the second applies to names only: the built-in common
+words are not split, and validation and test passages use the built-in words):
 - here, an entry sharing a word (case-folded) with any bundled evaluation file (`kvproj/data/eval/*.jsonl`:
   contexts, questions and answers) is dropped, so the hand-written narrative set stays made of names training
   never saw;
