@@ -28,7 +28,7 @@ import importlib
 import pkgutil
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from kvproj.data.facts import EVAL_KEYS, narrative_eval_path, read_jsonl
 
@@ -48,24 +48,31 @@ def words_of(entry: str) -> list[str]:
     return [part for part in _PARTS.split(entry) if part]
 
 
-@dataclass(frozen=True)
-class Lexicon:
-    """Sorted pools of first names, surnames and places."""
+class _Pools:
+    """Sorted tuples of strings, one per dataclass field; each must keep at least 100 entries after the filters."""
 
-    first: tuple[str, ...]
-    last: tuple[str, ...]
-    places: tuple[str, ...]
+    _setting = ""  # the option that asked for the pools, for the error message
 
     def __post_init__(self) -> None:
-        for label, pool in (("first names", self.first), ("surnames", self.last), ("places", self.places)):
-            if len(pool) < 100:
+        for name, pool in self.sizes().items():
+            if pool < 100:
                 raise RuntimeError(
-                    f"data.passages.lexicon 'broad': only {len(pool)} {label} survived the filters; the installed "
-                    f"faker release lacks its name lists (valid: faker>=40,<41)"
+                    f"{self._setting} 'broad': only {pool} entries in its {name!r} pool survived the filters; the "
+                    f"installed faker release lacks its lists (valid: faker>=40,<41)"
                 )
 
     def sizes(self) -> dict[str, int]:
-        return {"first": len(self.first), "last": len(self.last), "places": len(self.places)}
+        return {f.name: len(getattr(self, f.name)) for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class Lexicon(_Pools):
+    """Sorted pools of first names, surnames and places."""
+
+    _setting = "data.passages.lexicon"
+    first: tuple[str, ...]
+    last: tuple[str, ...]
+    places: tuple[str, ...]
 
     def filtered(self, keep: Callable[[str], bool]) -> Lexicon:
         """The entries `keep` accepts, still sorted."""
@@ -119,23 +126,13 @@ def faker_pools() -> Lexicon:
 
 
 @dataclass(frozen=True)
-class WordPools:
+class WordPools(_Pools):
     """Sorted pools of common nouns, adjectives (with colour names) and occupations, lower case."""
 
+    _setting = "data.passages.words"
     nouns: tuple[str, ...]
     adjectives: tuple[str, ...]
     roles: tuple[str, ...]
-
-    def __post_init__(self) -> None:
-        for label, pool in (("nouns", self.nouns), ("adjectives", self.adjectives), ("roles", self.roles)):
-            if len(pool) < 100:
-                raise RuntimeError(
-                    f"data.passages.words 'broad': only {len(pool)} {label} survived the filters; the installed "
-                    f"faker release lacks its word lists (valid: faker>=40,<41)"
-                )
-
-    def sizes(self) -> dict[str, int]:
-        return {"nouns": len(self.nouns), "adjectives": len(self.adjectives), "roles": len(self.roles)}
 
 
 @functools.cache
