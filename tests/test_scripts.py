@@ -112,3 +112,33 @@ def test_local_corpus_keeps_prose_and_drops_markup(tmp_path):
         corpus.main([str(out)])
     with pytest.raises(SystemExit, match="need 0 < min <= max"):
         corpus.main([str(tmp_path / "d.jsonl"), "--min-chars", "500", "--max-chars", "100"])
+
+
+def _generations(path: Path, correct: dict[str, bool], condition: str = "projected") -> Path:
+    rows = [
+        {"id": k, "condition": condition, "answer": f"a-{k}", "generated": f" g-{k}", "correct": ok}
+        for k, ok in correct.items()
+    ]
+    rows.append({"id": "x", "condition": "shuffled_source", "answer": "a-x", "generated": "", "correct": True})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_flips_lists_what_turns_right_and_wrong(tmp_path, capsys):
+    flips = _load("flips")
+    before = _generations(tmp_path / "before.jsonl", {"1": True, "2": False, "3": False, "4": True})
+    after = _generations(tmp_path / "after.jsonl", {"1": True, "2": True, "3": False, "4": False, "5": True})
+    out = tmp_path / "flips.json"
+    assert flips.main([str(before), str(after), "--output", str(out)]) == 0
+    got = json.loads(out.read_text())
+    assert (got["examples"], got["correct_before"], got["correct_after"]) == (4, 2, 2)  # id 5 is not in both
+    assert [r["id"] for r in got["right"]] == ["2"] and [r["id"] for r in got["wrong"]] == ["4"]
+    assert got["right"][0] == {"id": "2", "answer": "a-2", "before": " g-2", "after": " g-2"}
+    assert "2 -> 2 correct; 1 turn right, 1 turn wrong" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="exists"):  # an existing output is kept unless --overwrite
+        flips.main([str(before), str(after), "--output", str(out)])
+    with pytest.raises(SystemExit, match="no rows for 'text_to_text'"):
+        flips.main([str(before), str(after), "--condition", "text_to_text"])
+    other = _generations(tmp_path / "other.jsonl", {"9": True})
+    with pytest.raises(SystemExit, match="share no example id"):
+        flips.main([str(before), str(other)])
