@@ -1,4 +1,5 @@
-"""The small scripts behind docs/results: scripts/step_times.py reads the progress lines kvproj prints."""
+"""The small scripts behind docs/results: scripts/step_times.py reads the progress lines kvproj prints,
+scripts/flips.py compares two runs' generations, and the others."""
 
 from __future__ import annotations
 
