@@ -12,13 +12,14 @@ import argparse
 import json
 from pathlib import Path
 
+from kvproj.eval.generations import read_generations
+
 
 def _rows(path: Path, condition: str) -> dict[str, dict]:
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    out = {r["id"]: r for r in rows if r["condition"] == condition}
-    if not out:
-        raise SystemExit(f"--condition: no rows for {condition!r} in {path}")
-    return out
+    try:
+        return {r["id"]: r for r in read_generations(path, condition)}
+    except ValueError as error:
+        raise SystemExit(f"--condition: {error}") from None
 
 
 def flips(before: dict[str, dict], after: dict[str, dict]) -> dict:

@@ -14,6 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
+from kvproj.eval.generations import read_generations
 from kvproj.eval.metrics import answer_first, near_miss, overrun
 
 
@@ -23,10 +24,10 @@ def main() -> None:
     parser.add_argument("--condition", default="projected")
     parser.add_argument("--output", type=Path, default=None, help="write the counts as JSON here")
     args = parser.parse_args()
-    rows = [json.loads(line) for line in args.generations.read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if r["condition"] == args.condition]
-    if not rows:
-        raise SystemExit(f"--condition: no rows for {args.condition!r} in {args.generations}")
+    try:
+        rows = read_generations(args.generations, args.condition)
+    except ValueError as error:
+        raise SystemExit(f"--condition: {error}") from None
     misses = [r for r in rows if not r["correct"]]
     near = [r for r in misses if near_miss(r["generated"], r["answer"])]
     over = [r for r in misses if overrun(r["generated"], r["answer"])]

@@ -143,3 +143,13 @@ def test_flips_lists_what_turns_right_and_wrong(tmp_path, capsys):
     other = _generations(tmp_path / "other.jsonl", {"9": True})
     with pytest.raises(SystemExit, match="share no example id"):
         flips.main([str(before), str(other)])
+
+
+def test_read_generations_names_the_conditions_a_file_holds(tmp_path):
+    from kvproj.eval.generations import read_generations, write_generations
+
+    path = tmp_path / "generations.jsonl"
+    write_generations(path, [{"id": "1", "condition": "projected"}, {"id": "1", "condition": "shuffled_source"}])
+    assert read_generations(path, "shuffled_source") == [{"id": "1", "condition": "shuffled_source"}]
+    with pytest.raises(ValueError, match="conditions there: projected, shuffled_source"):
+        read_generations(path, "oracle")

@@ -13,6 +13,9 @@ from kvproj.callbacks.preemption import preempted
 
 log = logging.getLogger(__name__)
 
+# per-condition metrics logged to TensorBoard at each evaluation (None values, e.g. lm tasks, are skipped)
+_LOGGED_METRICS = ("exact_match", "answer_first", "f1", "answer_nll")
+
 
 class FactsEvalCallback(L.Callback):
     """Generation-based evaluation during training (training loss is no guide; what the target says is).
@@ -89,7 +92,7 @@ class FactsEvalCallback(L.Callback):
             results, _ = self._run(trainer, module, self._examples[name])
             tag = name.replace(":", "-").replace("/", "_")
             for condition, c in results["conditions"].items():
-                for metric in ("exact_match", "answer_first", "f1", "answer_nll"):
+                for metric in _LOGGED_METRICS:
                     if c[metric] is not None:
                         module.logger.log_metrics({f"eval/{tag}/{condition}/{metric}": c[metric]}, step=step)
             results = {"eval_set": name, "global_step": step, **results}
@@ -110,7 +113,7 @@ class FactsEvalCallback(L.Callback):
         results, rows = self._run(trainer, module, examples)
         step = trainer.global_step
         for name, c in results["conditions"].items():
-            for metric in ("exact_match", "answer_first", "f1", "answer_nll"):
+            for metric in _LOGGED_METRICS:
                 if c[metric] is not None:
                     module.logger.log_metrics({f"eval/{name}/{metric}": c[metric]}, step=step)
         for metric, value in results["gap_closed"].items():

@@ -29,6 +29,7 @@ import pkgutil
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, fields
+from typing import TypeVar
 
 from kvproj.data.facts import EVAL_KEYS, narrative_eval_path, read_jsonl
 
@@ -48,6 +49,9 @@ def words_of(entry: str) -> list[str]:
     return [part for part in _PARTS.split(entry) if part]
 
 
+_P = TypeVar("_P", bound="_Pools")
+
+
 class _Pools:
     """Sorted tuples of strings, one per dataclass field; each must keep at least 100 entries after the filters."""
 
@@ -64,6 +68,10 @@ class _Pools:
     def sizes(self) -> dict[str, int]:
         return {f.name: len(getattr(self, f.name)) for f in fields(self)}
 
+    def filtered(self: _P, keep: Callable[[str], bool]) -> _P:
+        """The entries `keep` accepts, still sorted, in a pools object of the same class."""
+        return type(self)(*(tuple(filter(keep, getattr(self, f.name))) for f in fields(self)))
+
 
 @dataclass(frozen=True)
 class Lexicon(_Pools):
@@ -73,10 +81,6 @@ class Lexicon(_Pools):
     first: tuple[str, ...]
     last: tuple[str, ...]
     places: tuple[str, ...]
-
-    def filtered(self, keep: Callable[[str], bool]) -> Lexicon:
-        """The entries `keep` accepts, still sorted."""
-        return Lexicon(*(tuple(filter(keep, pool)) for pool in (self.first, self.last, self.places)))
 
 
 def _eval_words() -> frozenset[str]:

@@ -13,6 +13,8 @@ from typing import Any, Literal, get_args
 from kvproj.atomic import atomic_write
 from kvproj.callbacks.progress import loop_progress
 from kvproj.eval.facts import CONDITIONS, Condition, EvalSettings, FactsEvaluator
+from kvproj.eval.generations import FILENAME as GENERATIONS_FILE
+from kvproj.eval.generations import write_generations
 from kvproj.pair import load_transfer, read_transfer
 
 log = logging.getLogger(__name__)
@@ -162,7 +164,7 @@ def check_inputs(
 def check_output(out: Path, overwrite: bool) -> None:
     """`--output` names a file whose folder is (or can be made) writable, and holds no results unless
     `--overwrite`. Creates nothing."""
-    generations = out.with_name("generations.jsonl")
+    generations = out.with_name(GENERATIONS_FILE)
     if out.name == generations.name:
         raise ValueError(f"--output {out}: generations.jsonl is written beside results; name the results file "
                          "otherwise, e.g. results.json")  # fmt: skip
@@ -247,7 +249,7 @@ def evaluate(
     settings = EvalSettings(batch_size=batch_size, max_new_tokens=max_new_tokens, seed=seed, conditions=conditions)
     evaluator = build_evaluator(projector, device, settings)
     out = Path(output)
-    generations = out.with_name("generations.jsonl")
+    generations = out.with_name(GENERATIONS_FILE)
     with loop_progress(len(examples), "evaluated", "examples") as advance:
         results, rows = evaluator.run(examples, progress=advance, generate=task == "facts")
     if task == "lm":  # likelihood only: perplexity of the continuation given each prefix
@@ -272,7 +274,7 @@ def evaluate(
         "gap_closed": results["gap_closed"],
     }
     atomic_write(out, json.dumps(results, indent=2) + "\n")
-    atomic_write(generations, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    write_generations(generations, rows)
     print_summary(results)
     log.info("wrote %s and %s", out, generations)
     return results
