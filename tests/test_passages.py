@@ -13,10 +13,12 @@ from kvproj.data.passages import (
     _FIRST,
     GENRE_NAMES,
     GENRES,
+    NAME_LIST_QUESTIONS,
     Material,
     PassagesConfig,
     _first_names,
     _split_of,
+    name_list,
     passage_example,
 )
 from kvproj.data.passages import broad_lexicon as lexicon
@@ -101,6 +103,8 @@ def test_passages_are_a_pure_function_of_seed_split_index():
         ({"val_genres": list(GENRE_NAMES)[:10], "test_genres": list(GENRE_NAMES)[10:]}, "no genre for training"),
         ({"share": 1.5}, "data.passages.share: must be in"),
         ({"lexicon": "faker"}, "data.passages.lexicon: got 'faker'; valid: builtin, broad"),
+        ({"name_lists": 1.5}, r"data.passages.name_lists: got 1.5; valid: a share in \[0, 1\]"),
+        ({"name_lists": True}, "data.passages.name_lists: got True"),
     ],
 )
 def test_bad_passage_settings(kwargs, message):
@@ -206,3 +210,34 @@ def test_broad_words_widen_training_objects_and_roles_only():
         assert all(passage_example(cfg, split, i) == passage_example(CFG, split, i) for i in range(100))
     with pytest.raises(ValueError, match="data.passages.words: got 'lorem'; valid: builtin, broad"):
         PassagesConfig(words="lorem")
+
+
+def test_name_list_orders_whole_word_mentions_and_drops_first_names_inside_full_names():
+    context = "From: Ana Silva\nTo: Bram Oduya\nMeet at Kelby Labs in Tromsvik. Anakin waved. Thanks, Ana"
+    names = ["Ana", "Ana Silva", "Tromsvik", "Bram", "Bram Oduya", "Kelby Labs", "Zed", "Ana"]
+    # "Zed" is not stated; "Ana" and "Bram" are parts of full names; "Anakin" does not mention "Ana"
+    assert name_list(context, names) == ["Ana Silva", "Bram Oduya", "Kelby Labs", "Tromsvik"]
+    assert name_list(context, names, limit=2) == ["Ana Silva", "Bram Oduya"]
+    assert name_list("Dana met Ana.", ["Ana", "Dana"]) == ["Dana", "Ana"]
+
+
+def test_name_list_questions_replace_a_share_of_training_questions_only():
+    cfg = PassagesConfig(lexicon="broad", name_lists=0.5)
+    plain = PassagesConfig(lexicon="broad")
+    train = [passage_example(cfg, "train", i) for i in range(300)]
+    base = [passage_example(plain, "train", i) for i in range(300)]
+    lists = [e for e, b in zip(train, base) if e != b]
+    assert 0.2 * 300 <= len(lists) <= 0.5 * 300  # half are drawn; passages with fewer than two names keep theirs
+    for e, b in zip(train, base):
+        assert e["context"] == b["context"] and e["genre"] == b["genre"]  # the passage itself never changes
+        if e in lists:
+            assert e["question"] in NAME_LIST_QUESTIONS
+            names = e["answer"].split(", ")
+            assert 2 <= len(names) <= 4
+            positions = [re.search(r"(?<!\w)" + re.escape(n) + r"(?!\w)", e["context"]).start() for n in names]
+            assert positions == sorted(positions)
+        else:
+            assert e == b  # every other example is exactly the plain stream's
+    assert train[11] == passage_example(PassagesConfig(lexicon="broad", name_lists=0.5), "train", 11)
+    for split in ("val", "test"):  # held-out passages keep their ordinary questions
+        assert all(passage_example(cfg, split, i) == passage_example(plain, split, i) for i in range(100))

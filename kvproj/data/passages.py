@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import random
+import re
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -111,6 +112,7 @@ class Material:
         self.broad = broad  # training material only: `PassagesConfig.lexicon`
         self.words = words  # training material only: `PassagesConfig.words`
         self._used: set[str] = set()
+        self.names: list[str] = []  # every person, first name, place and organization drawn, in draw order
 
     def _fresh(self, make: Callable[[], str]) -> str:
         for _ in range(200):
@@ -143,19 +145,23 @@ class Material:
             return f"{self._real_surname()}-{self._real_surname()}"
         return self._word(_SURNAME_ENDS)
 
+    def _name(self, value: str) -> str:
+        self.names.append(value)
+        return value
+
     def person(self) -> str:
         """A full name whose first name is reserved too: no other person of the passage (full name or first
         name alone) shares it, so a question naming one of them is never ambiguous."""
-        return self._fresh(lambda: f"{self.first()} {self._surname()}")
+        return self._name(self._fresh(lambda: f"{self.first()} {self._surname()}"))
 
     def first(self) -> str:
         pool = self.broad.first if self.broad is not None else _first_names(self.seed, self.split)
-        return self._fresh(lambda: self.rng.choice(pool))
+        return self._name(self._fresh(lambda: self.rng.choice(pool)))
 
     def place(self) -> str:
         if self.broad is not None and self.rng.random() < 0.5:
-            return self._fresh(lambda: self.rng.choice(self.broad.places))
-        return self._fresh(lambda: self._word(_PLACE_ENDS, (1, 1)))
+            return self._name(self._fresh(lambda: self.rng.choice(self.broad.places)))
+        return self._name(self._fresh(lambda: self._word(_PLACE_ENDS, (1, 1))))
 
     def street(self) -> str:
         def name() -> str:
@@ -175,7 +181,7 @@ class Material:
                     return f"{self._real_surname()} {self.rng.choice(_ORG_ENDS)}"
             return f"{self._word(['', ''])} {self.rng.choice(_ORG_ENDS)}"
 
-        return self._fresh(make)
+        return self._name(self._fresh(make))
 
     def thing(self) -> str:
         """An object; with the broad word pools half of them are any common adjective and noun ("a brief
@@ -570,6 +576,28 @@ def _weather(m: Material) -> tuple[str, list[QA]]:
 
 
 GENRE_NAMES = tuple(GENRES)
+
+# `PassagesConfig.name_lists`: a training passage's question may instead ask for all its names, in order.
+NAME_LIST_QUESTIONS = (
+    "List the names in the text, in the order they appear.",
+    "Which names does the text mention? Give them in order.",
+    "Name every person, place and organization mentioned, in order.",
+)
+NAME_LIST_MAX = 4
+
+
+def _mentions(text: str, name: str) -> re.Match[str] | None:
+    return re.search(rf"(?<!\w){re.escape(name)}(?!\w)", text)
+
+
+def name_list(context: str, names: list[str], limit: int = NAME_LIST_MAX) -> list[str]:
+    """The names among `names` that `context` states as whole words, by first appearance, at most `limit`; a name
+    that is part of another stated one (a first name inside its person's full name) is left out."""
+    found = {name: m.start() for name in dict.fromkeys(names) if (m := _mentions(context, name))}
+    kept = [name for name in found if not any(other != name and _mentions(other, name) for other in found)]
+    return sorted(kept, key=found.__getitem__)[:limit]
+
+
 LEXICONS = ("builtin", "broad")
 WORDS = ("builtin", "broad")
 
@@ -601,6 +629,7 @@ class PassagesConfig:
     share: float = 0.0
     lexicon: str = "builtin"
     words: str = "builtin"
+    name_lists: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("val_genres", "test_genres"):
@@ -619,6 +648,14 @@ class PassagesConfig:
             raise ValueError(f"data.passages.lexicon: got {self.lexicon!r}; valid: {', '.join(LEXICONS)}")
         if self.words not in WORDS:
             raise ValueError(f"data.passages.words: got {self.words!r}; valid: {', '.join(WORDS)}")
+        if (
+            isinstance(self.name_lists, bool)
+            or not isinstance(self.name_lists, (int, float))
+            or not (0.0 <= self.name_lists <= 1.0)
+        ):
+            raise ValueError(
+                f"data.passages.name_lists: got {self.name_lists!r}; valid: a share in [0, 1] (0: no name-list questions)"
+            )
 
     def train_genres(self) -> list[str]:
         return [g for g in GENRE_NAMES if g not in self.val_genres and g not in self.test_genres]
@@ -635,12 +672,18 @@ def passage_example(cfg: PassagesConfig, split: str, index: int) -> dict[str, An
     name = rng.choice(cfg.genres(split))
     broad = broad_lexicon(cfg.seed) if cfg.lexicon == "broad" and split == "train" else None
     words = faker_words() if cfg.words == "broad" and split == "train" else None
-    context, qas = GENRES[name](Material(rng, split, cfg.seed, broad, words))
+    material = Material(rng, split, cfg.seed, broad, words)
+    context, qas = GENRES[name](material)
     forms, answer = rng.choice(qas)
+    question = rng.choice(forms)
+    if split == "train" and cfg.name_lists > 0:
+        pick = random.Random(f"passages/{cfg.seed}/name_lists/{index}")
+        if pick.random() < cfg.name_lists and len(names := name_list(context, material.names)) >= 2:
+            question, answer = pick.choice(NAME_LIST_QUESTIONS), ", ".join(names)
     return {
         "id": f"passage-{split}-{index:07d}",
         "context": context,
-        "question": rng.choice(forms),
+        "question": question,
         "answer": str(answer),
         "genre": name,
     }
