@@ -14,6 +14,7 @@ from kvproj.data.passages import (
     GENRE_NAMES,
     GENRES,
     NAME_LIST_QUESTIONS,
+    WIDE_GENRES,
     Material,
     PassagesConfig,
     _first_names,
@@ -105,6 +106,7 @@ def test_passages_are_a_pure_function_of_seed_split_index():
         ({"lexicon": "faker"}, "data.passages.lexicon: got 'faker'; valid: builtin, broad"),
         ({"name_lists": 1.5}, r"data.passages.name_lists: got 1.5; valid: a share in \[0, 1\]"),
         ({"name_lists": True}, "data.passages.name_lists: got True"),
+        ({"genre_set": "all"}, "data.passages.genre_set: got 'all'; valid: core, wide"),
     ],
 )
 def test_bad_passage_settings(kwargs, message):
@@ -241,3 +243,27 @@ def test_name_list_questions_replace_a_share_of_training_questions_only():
     assert train[11] == passage_example(PassagesConfig(lexicon="broad", name_lists=0.5), "train", 11)
     for split in ("val", "test"):  # held-out passages keep their ordinary questions
         assert all(passage_example(cfg, split, i) == passage_example(plain, split, i) for i in range(100))
+
+
+def test_wide_genre_set_adds_training_genres_with_titles_and_leaves_held_out_passages_alone():
+    wide = PassagesConfig(lexicon="broad", genre_set="wide")
+    plain = PassagesConfig(lexicon="broad")
+    assert len(WIDE_GENRES) == 7 and not set(WIDE_GENRES) & set(plain.train_genres())
+    assert wide.train_genres() == plain.train_genres() + WIDE_GENRES
+    train = [passage_example(wide, "train", i) for i in range(600)]
+    assert {e["genre"] for e in train} == set(wide.train_genres())
+    assert all(_whole_word(e["answer"], e["context"]) for e in train)
+    eval_words = _eval_words()
+    titles = [
+        e["answer"]
+        for e in train
+        if e["genre"] in ("interview", "club_newsletter", "museum_label") and e["answer"][0].isupper()
+    ]
+    assert len(titles) >= 20
+    # titles of training passages come from faker's word lists, none of whose words is in an evaluation file
+    title_shaped = [t for t in titles if " & " in t or " and " in t or t.startswith("The ")]
+    assert title_shaped and all(
+        not {w.lower() for w in re.findall(r"[A-Za-z]+", t)} - {"the", "and"} & eval_words for t in title_shaped
+    ), title_shaped
+    for split in ("val", "test"):
+        assert all(passage_example(wide, split, i) == passage_example(plain, split, i) for i in range(100))

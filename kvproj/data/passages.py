@@ -197,6 +197,29 @@ class Material:
     def food(self) -> str:
         return self._fresh(lambda: self.rng.choice(_FOODS))
 
+    def title(self) -> str:
+        """The name of a shop, inn, boat, newspaper, painting or band, made of common words ("The Amber Kettle",
+        "Thyme and Lantern", "Copper & Sage", "Velvet Harbour"). With the broad lexicon (training only) the words
+        come from faker's common nouns and adjectives, none of which occurs in a bundled evaluation file."""
+        pools = faker_words() if self.broad is not None else None
+        nouns = pools.nouns if pools is not None else tuple(n.replace("-", " ") for n in _NOUNS + _FOODS)
+        adjectives = pools.adjectives if pools is not None else tuple(_ADJECTIVES)
+
+        def make() -> str:
+            noun, other = (self.rng.choice(nouns).title() for _ in range(2))
+            adjective = self.rng.choice(adjectives).title()
+            return self.rng.choice(
+                [
+                    f"The {adjective} {noun}",
+                    f"{noun} and {other}",
+                    f"{noun} & {other}",
+                    f"The {noun}",
+                    f"{adjective} {noun}",
+                ]  # fmt: skip
+            )
+
+        return self._name(self._fresh(make))
+
     def role(self) -> str:
         def make() -> str:
             if self.words is not None and self.rng.random() < 0.5:
@@ -575,7 +598,150 @@ def _weather(m: Material) -> tuple[str, list[QA]]:
     ]
 
 
+# Training genres of `PassagesConfig.genre_set: wide` (after the core ones, so the core registry is unchanged).
+WIDE_GENRES: list[str] = []
+
+
+def wide_genre(name: str):
+    def wrap(fn: Genre) -> Genre:
+        WIDE_GENRES.append(name)
+        return genre(name)(fn)
+
+    return wrap
+
+
+@wide_genre("obituary")
+def _obituary(m: Material) -> tuple[str, list[QA]]:
+    who, shop, street, place, role = m.person(), m.title(), m.street(), m.place(), m.role()
+    years, age, date, a, b = m.number(4, 60), m.number(61, 99), m.date(), m.first(), m.first()
+    first = who.split()[0]
+    text = (
+        f"{who}, who ran {shop} on {street} for {years} years, died on {date} at the age of {age}. Born in "
+        f"{place}, {first} trained as {_a(role)} before taking over the business. {first} is survived by {a} and "
+        f"by a grandson, {b}, who will keep the doors open."
+    )
+    return text, [
+        ((f"What business did {who} run?", f"What was the name of {first}'s shop?"), shop),
+        ((f"Where was {who} born?", f"Which town did {first} come from?"), place),
+        ((f"How old was {who}?", f"At what age did {first} die?"), age),
+        ((f"What did {first} train as?", f"What was {who}'s first trade?"), role),
+        (("Who will keep the doors open?", f"What is the name of {first}'s grandson?"), b),
+    ]
+
+
+@wide_genre("interview")
+def _interview(m: Material) -> tuple[str, list[QA]]:
+    host, guest, boat, band, place, year = m.first(), m.person(), m.title(), m.title(), m.place(), m.year()
+    thing = m.thing()
+    text = (
+        f"{host}: How did the band start?\n{guest}: On a boat called {boat}, moored in {place}. "
+        f"We rehearsed below deck every night in {year}.\n{host}: And the name {band}?\n{guest}: "
+        f"It was painted on {_a(thing)} we found in the hold."
+    )
+    return text, [
+        (("What was the boat called?", "On which boat did the band start?"), boat),
+        (("What is the band called?", "What name did the band take?"), band),
+        (("Where was the boat moored?", "In which town was the boat?"), place),
+        (("Who is being interviewed?", "Who answers the questions?"), guest),
+        (("Where was the band's name painted?", "What object carried the name?"), thing),
+    ]
+
+
+@wide_genre("lost_and_found")
+def _lost(m: Material) -> tuple[str, list[QA]]:
+    pet, street, day, price, owner, phone = m.first(), m.street(), m.weekday(), m.price(), m.first(), m.number()
+    animal = m.rng.choice(["tabby cat", "grey parrot", "spaniel", "tortoise", "ferret", "white rabbit"])
+    text = (
+        f"LOST: {_a(animal)} who answers to {pet}, last seen near {street} on {day} evening. Wears a "
+        f"{m.rng.choice(_ADJECTIVES)} collar. Reward of {price} for {pet}'s safe return - please ring {owner} "
+        f"on extension {phone}."
+    )
+    return text, [
+        ((f"What is the name of the missing {animal}?", f"What does the {animal} answer to?"), pet),
+        (("Where was the pet last seen?", "Near which address did it go missing?"), street),
+        (("How big is the reward?", "What reward is offered?"), price),
+        (("Who should be called?", "Whom should a finder ring?"), owner),
+        (("On which evening was it last seen?",), day),
+    ]
+
+
+@wide_genre("club_newsletter")
+def _newsletter(m: Material) -> tuple[str, list[QA]]:
+    town, boat, skipper, inn, date, n = m.place(), m.title(), m.person(), m.title(), m.date(), m.count_word()
+    treasurer, price = m.person(), m.price()
+    text = (
+        f"{town} Rowing Club - autumn news. We welcome {n} new members this term. Our four, {boat}, won the "
+        f"harbour regatta with {skipper} steering. The winter dinner is on {date} at the {inn}; tickets cost "
+        f"{price} from our treasurer, {treasurer}."
+    )
+    return text, [
+        (("Which boat won the regatta?", "What is the winning boat called?"), boat),
+        (("Who steered the winning boat?", f"Who was at the helm of {boat}?"), skipper),
+        (("Where is the winter dinner?", "At which inn is the dinner held?"), inn),
+        (("Who sells the dinner tickets?", "Who is the club's treasurer?"), treasurer),
+        (("How many new members joined?",), n),
+    ]
+
+
+@wide_genre("museum_label")
+def _museum(m: Material) -> tuple[str, list[QA]]:
+    work, painter, year, donor, place, thing = m.title(), m.person(), m.year(), m.org(), m.place(), m.thing()
+    text = (
+        f"{work} ({year})\n{painter}. Oil on canvas.\nPainted in a rented room in {place}, it shows the "
+        f"artist's {thing} by a window. Given to the museum by {donor}."
+    )
+    return text, [
+        (("What is the painting called?", "What is the title of the work?"), work),
+        (("Who painted it?", f"Who is the artist of {work}?"), painter),
+        (("Who gave the painting to the museum?", "Which donor gave the work?"), donor),
+        (("Where was it painted?", "In which town was the painting made?"), place),
+        (("What does the painting show?",), thing),
+        (("When was it painted?",), year),
+    ]
+
+
+@wide_genre("incident_report")
+def _incident(m: Material) -> tuple[str, list[QA]]:
+    time, day, street, shop, witness, thing, officer = (
+        m.time(), m.weekday(), m.street(), m.title(), m.person(), m.thing(), m.person()
+    )  # fmt: skip
+    text = (
+        f"Incident report. At {time} on {day}, officers attended {shop} on {street}, where {_a(thing)} had been "
+        f"taken from the front window. A witness, {witness}, saw a cyclist leave towards the station. Report "
+        f"filed by {officer}."
+    )
+    return text, [
+        (("What was taken?", "Which item went missing from the window?"), thing),
+        (("Which shop was it taken from?", "What is the name of the shop?"), shop),
+        (("Who was the witness?", "Who saw the cyclist?"), witness),
+        (("Who filed the report?", "Which officer wrote the report?"), officer),
+        (("At what time did officers attend?",), time),
+    ]
+
+
+@wide_genre("story")
+def _story(m: Material) -> tuple[str, list[QA]]:
+    who, place, inn, stranger, role, thing = m.person(), m.place(), m.title(), m.first(), m.role(), m.thing()
+    n, horse = m.count_word(), m.first()
+    first = who.split()[0]
+    text = (
+        f"The storm caught {who} on the road to {place}, so {first} rode into the yard of an inn called {inn}. "
+        f"By the fire sat {stranger}, {_a(role)}, who offered {_a(thing)} in exchange for a seat by the stove. "
+        f"They stayed {n} nights, and {first}'s horse, {horse}, would not leave the stable."
+    )
+    return text, [
+        ((f"Where was {who} going?", f"What town was {first} riding to?"), place),
+        (("What was the inn called?", f"Where did {first} shelter from the storm?"), inn),
+        (("Who sat by the fire?", "What was the stranger's name?"), stranger),
+        ((f"What is the name of {first}'s horse?", "What was the horse called?"), horse),
+        ((f"What did {stranger} offer?", "What was offered for a seat by the stove?"), thing),
+        (("How many nights did they stay?",), n),
+    ]
+
+
 GENRE_NAMES = tuple(GENRES)
+CORE_GENRES = tuple(g for g in GENRE_NAMES if g not in WIDE_GENRES)
+GENRE_SETS = ("core", "wide")
 
 # `PassagesConfig.name_lists`: a training passage's question may instead ask for all its names, in order.
 NAME_LIST_QUESTIONS = (
@@ -630,6 +796,7 @@ class PassagesConfig:
     lexicon: str = "builtin"
     words: str = "builtin"
     name_lists: float = 0.0
+    genre_set: str = "core"
 
     def __post_init__(self) -> None:
         for name in ("val_genres", "test_genres"):
@@ -640,6 +807,8 @@ class PassagesConfig:
             raise ValueError(
                 f"data.passages: val_genres and test_genres overlap ({sorted(set(self.val_genres) & set(self.test_genres))})"
             )
+        if self.genre_set not in GENRE_SETS:
+            raise ValueError(f"data.passages.genre_set: got {self.genre_set!r}; valid: {', '.join(GENRE_SETS)}")
         if not self.train_genres():
             raise ValueError("data.passages: val_genres and test_genres leave no genre for training")
         if not 0.0 <= self.share <= 1.0:
@@ -658,7 +827,8 @@ class PassagesConfig:
             )
 
     def train_genres(self) -> list[str]:
-        return [g for g in GENRE_NAMES if g not in self.val_genres and g not in self.test_genres]
+        pool = CORE_GENRES if self.genre_set == "core" else GENRE_NAMES
+        return [g for g in pool if g not in self.val_genres and g not in self.test_genres]
 
     def genres(self, split: str) -> list[str]:
         return {"train": self.train_genres(), "val": list(self.val_genres), "test": list(self.test_genres)}[split]
