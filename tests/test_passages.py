@@ -234,7 +234,7 @@ def test_name_list_questions_replace_a_share_of_training_questions_only():
         assert e["context"] == b["context"] and e["genre"] == b["genre"]  # the passage itself never changes
         if e in lists:
             assert e["question"] in NAME_LIST_QUESTIONS
-            names = e["answer"].split(", ")
+            names = e["answer"].split("\n")
             assert 2 <= len(names) <= 4
             positions = [re.search(r"(?<!\w)" + re.escape(n) + r"(?!\w)", e["context"]).start() for n in names]
             assert positions == sorted(positions)

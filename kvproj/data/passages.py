@@ -745,10 +745,13 @@ GENRE_SETS = ("core", "wide")
 
 # `PassagesConfig.name_lists`: a training passage's question may instead ask for all its names, in order.
 NAME_LIST_QUESTIONS = (
-    "List the names in the text, in the order they appear.",
-    "Which names does the text mention? Give them in order.",
-    "Name every person, place and organization mentioned, in order.",
+    "List the names in the text, one per line, in the order they appear.",
+    "Which names does the text mention? Give them in order, one per line.",
+    "Name every person, place and organization mentioned, in order, one per line.",
 )
+# One name per line, not "A, B, C": evaluation reads an answer's first line, so a target that learnt to answer in
+# comma lists would hedge ("Caspian Fairfield, Ludo Fairfield" for "Ludo") and be scored right for it.
+NAME_LIST_SEPARATOR = "\n"
 NAME_LIST_MAX = 4
 
 
@@ -849,7 +852,7 @@ def passage_example(cfg: PassagesConfig, split: str, index: int) -> dict[str, An
     if split == "train" and cfg.name_lists > 0:
         pick = random.Random(f"passages/{cfg.seed}/name_lists/{index}")
         if pick.random() < cfg.name_lists and len(names := name_list(context, material.names)) >= 2:
-            question, answer = pick.choice(NAME_LIST_QUESTIONS), ", ".join(names)
+            question, answer = pick.choice(NAME_LIST_QUESTIONS), NAME_LIST_SEPARATOR.join(names)
     return {
         "id": f"passage-{split}-{index:07d}",
         "context": context,
