@@ -46,6 +46,8 @@ def test_exact_match_and_f1_on_constructed_cases():
     assert not metrics.overrun(" jigsaw puzzle jigsaw books", "jigsaw puzzles")  # short, not run on
     assert not metrics.overrun(" Ramona Poskitt", "Henrietta Poskitt")
     assert not metrics.overrun(" 312\n3122", "312")  # only the first line counts
+    assert metrics.listed(" Caspian Fairfield, Ludo Fairfield, Colum") and not metrics.listed(" Ludo, the dog")
+    assert not metrics.listed(" Ludo\nA, B, C") and metrics.listed(" A, B\n", items=2)
 
 
 def test_bootstrap_ci_brackets_the_mean_and_is_seeded():

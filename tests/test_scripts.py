@@ -1,5 +1,6 @@
 """The small scripts behind docs/results: scripts/step_times.py reads the progress lines kvproj prints,
-scripts/flips.py compares two runs' generations, and the others."""
+scripts/flips.py compares two runs' generations, scripts/near_misses.py counts how near one run's misses come,
+and the others."""
 
 from __future__ import annotations
 
@@ -153,3 +154,27 @@ def test_read_generations_names_the_conditions_a_file_holds(tmp_path):
     assert read_generations(path, "shuffled_source") == [{"id": "1", "condition": "shuffled_source"}]
     with pytest.raises(ValueError, match="conditions there: projected, shuffled_source"):
         read_generations(path, "oracle")
+
+
+def test_near_misses_counts_near_misses_overruns_and_listed_hits(tmp_path, capsys):
+    rows = [
+        ("Hamish Dunleavy", " Hamish Dunlebya, a ferry pilot", False),  # near miss
+        ("1911", " 191111", False),  # overrun (and a near miss: "1911" starts it)
+        ("Ludo", " Caspian Fairfield, Ludo Fairfield, Colum", True),  # listed, right but not first
+        ("Ludo", " Ludo, Caspian, Colum", True),  # listed, right and first
+        ("Pewsey Quay", " harbour", False),
+    ]
+    path = tmp_path / "generations.jsonl"
+    path.write_text(
+        "".join(
+            json.dumps({"id": str(i), "condition": "projected", "answer": a, "generated": g, "correct": c}) + "\n"
+            for i, (a, g, c) in enumerate(rows)
+        )
+    )
+    out = tmp_path / "near.json"
+    assert _load("near_misses").main([str(path), "--output", str(out)]) == 0
+    got = json.loads(out.read_text())
+    assert (got["examples"], got["correct"], got["correct_answer_first"], got["misses"]) == (5, 2, 1, 3)
+    assert (got["near_misses"], got["overruns"], got["listed"], got["listed_correct_not_first"]) == (2, 1, 2, 1)
+    assert got["listed_correct_not_first_examples"][0]["answer"] == "Ludo"
+    assert json.loads(capsys.readouterr().out) == got

@@ -55,6 +55,13 @@ def near_miss(generated: str, answer: str, prefix: int = 4) -> bool:
     return any(stem in got for stem in stems)
 
 
+def listed(generated: str, items: int = 3) -> bool:
+    """The first line is a list of at least `items` comma-separated parts ("Caspian Fairfield, Ludo Fairfield,
+    Colum ..."): a target that enumerates candidates, which `exact_match` credits when any of them is the answer
+    and `answer_first` only when the first is."""
+    return first_line(generated).count(",") >= items - 1
+
+
 def overrun(generated: str, answer: str) -> bool:
     """A miss that writes the whole answer but runs its last word on: the normalized first line holds the
     normalized answer from a word start, followed by more of the same word ("Oriel Tamsworthsmith" for "Oriel
