@@ -790,6 +790,17 @@ class PassagesConfig:
             "broad": half of the objects drawn from ~890 common nouns and ~360 adjectives and colour names, half
             of the occupations from ~260 (faker's en_US word and job lists; kvproj/data/lexicon.py), without any
             word of a bundled evaluation file. Validation and test passages use the built-in words either way.
+        name_lists: Share of TRAINING passages whose question asks instead for every name the passage states
+            (people, places, organizations), in order of appearance, up to four, one per line: a spelling
+            exercise, since one such answer scores the spelling of several names, not one, and where each ends.
+            Drawn from its own seeded stream, so every other example is unchanged; a passage with fewer than two
+            names keeps its question. Validation and test passages keep their ordinary questions. At share 0.5 and
+            600 steps the target learnt to answer EVERY question as a list (the projector never sees the question,
+            so the cache steers all answers into the format): off by default (docs/evaluation.md, "Name lists").
+        genre_set: Genres TRAINING passages are drawn from. "core": the 18 genres above, less the held-out ones.
+            "wide": also seven more (obituary, interview, lost_and_found, club_newsletter, museum_label,
+            incident_report, story) that name shops, inns, boats, bands and paintings with titles made of common
+            words ("The Amber Kettle", "Copper & Sage"). The held-out genres are the same either way.
     """
 
     seed: int = 0
