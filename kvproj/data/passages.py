@@ -797,7 +797,7 @@ class PassagesConfig:
             names keeps its question. Validation and test passages keep their ordinary questions. At share 0.5 and
             600 steps the target learnt to answer EVERY question as a list (the projector never sees the question,
             so the cache steers all answers into the format): off by default (docs/evaluation.md, "Name lists").
-        genre_set: Genres TRAINING passages are drawn from. "core": the 18 genres above, less the held-out ones.
+        genre_set: Genres TRAINING passages are drawn from. "core": the 18 original genres, less the held-out ones.
             "wide": also seven more (obituary, interview, lost_and_found, club_newsletter, museum_label,
             incident_report, story) that name shops, inns, boats, bands and paintings with titles made of common
             words ("The Amber Kettle", "Copper & Sage"). The held-out genres are the same either way.
