@@ -70,6 +70,7 @@ dentist electrician engineer ferry-pilot florist geologist glassblower harbourma
 jeweller librarian locksmith midwife nurse optician paramedic pharmacist photographer plumber potter surveyor
 tailor translator veterinarian welder
 """.split()
+_TITLE_NOUNS = [n.replace("-", " ") for n in _NOUNS + _FOODS]  # `Material.title` without the broad lexicon
 _WEEKDAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
 _MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
            "November", "December"]  # fmt: skip
@@ -202,8 +203,8 @@ class Material:
         "Thyme and Lantern", "Copper & Sage", "Velvet Harbour"). With the broad lexicon (training only) the words
         come from faker's common nouns and adjectives, none of which occurs in a bundled evaluation file."""
         pools = faker_words() if self.broad is not None else None
-        nouns = pools.nouns if pools is not None else tuple(n.replace("-", " ") for n in _NOUNS + _FOODS)
-        adjectives = pools.adjectives if pools is not None else tuple(_ADJECTIVES)
+        nouns = pools.nouns if pools is not None else _TITLE_NOUNS
+        adjectives = pools.adjectives if pools is not None else _ADJECTIVES
 
         def make() -> str:
             noun, other = (self.rng.choice(nouns).title() for _ in range(2))
@@ -272,9 +273,15 @@ Genre = Callable[[Material], tuple[str, list[QA]]]
 GENRES: dict[str, Genre] = {}
 
 
-def genre(name: str):
+# Training genres of `PassagesConfig.genre_set: wide` only (registered after the core ones).
+WIDE_GENRES: list[str] = []
+
+
+def genre(name: str, *, wide: bool = False):
     def wrap(fn: Genre) -> Genre:
         GENRES[name] = fn
+        if wide:
+            WIDE_GENRES.append(name)
         return fn
 
     return wrap
@@ -598,19 +605,7 @@ def _weather(m: Material) -> tuple[str, list[QA]]:
     ]
 
 
-# Training genres of `PassagesConfig.genre_set: wide` (after the core ones, so the core registry is unchanged).
-WIDE_GENRES: list[str] = []
-
-
-def wide_genre(name: str):
-    def wrap(fn: Genre) -> Genre:
-        WIDE_GENRES.append(name)
-        return genre(name)(fn)
-
-    return wrap
-
-
-@wide_genre("obituary")
+@genre("obituary", wide=True)
 def _obituary(m: Material) -> tuple[str, list[QA]]:
     who, shop, street, place, role = m.person(), m.title(), m.street(), m.place(), m.role()
     years, age, date, a, b = m.number(4, 60), m.number(61, 99), m.date(), m.first(), m.first()
@@ -629,7 +624,7 @@ def _obituary(m: Material) -> tuple[str, list[QA]]:
     ]
 
 
-@wide_genre("interview")
+@genre("interview", wide=True)
 def _interview(m: Material) -> tuple[str, list[QA]]:
     host, guest, boat, band, place, year = m.first(), m.person(), m.title(), m.title(), m.place(), m.year()
     thing = m.thing()
@@ -647,7 +642,7 @@ def _interview(m: Material) -> tuple[str, list[QA]]:
     ]
 
 
-@wide_genre("lost_and_found")
+@genre("lost_and_found", wide=True)
 def _lost(m: Material) -> tuple[str, list[QA]]:
     pet, street, day, price, owner, phone = m.first(), m.street(), m.weekday(), m.price(), m.first(), m.number()
     animal = m.rng.choice(["tabby cat", "grey parrot", "spaniel", "tortoise", "ferret", "white rabbit"])
@@ -665,7 +660,7 @@ def _lost(m: Material) -> tuple[str, list[QA]]:
     ]
 
 
-@wide_genre("club_newsletter")
+@genre("club_newsletter", wide=True)
 def _newsletter(m: Material) -> tuple[str, list[QA]]:
     town, boat, skipper, inn, date, n = m.place(), m.title(), m.person(), m.title(), m.date(), m.count_word()
     treasurer, price = m.person(), m.price()
@@ -683,7 +678,7 @@ def _newsletter(m: Material) -> tuple[str, list[QA]]:
     ]
 
 
-@wide_genre("museum_label")
+@genre("museum_label", wide=True)
 def _museum(m: Material) -> tuple[str, list[QA]]:
     work, painter, year, donor, place, thing = m.title(), m.person(), m.year(), m.org(), m.place(), m.thing()
     text = (
@@ -700,7 +695,7 @@ def _museum(m: Material) -> tuple[str, list[QA]]:
     ]
 
 
-@wide_genre("incident_report")
+@genre("incident_report", wide=True)
 def _incident(m: Material) -> tuple[str, list[QA]]:
     time, day, street, shop, witness, thing, officer = (
         m.time(), m.weekday(), m.street(), m.title(), m.person(), m.thing(), m.person()
@@ -719,7 +714,7 @@ def _incident(m: Material) -> tuple[str, list[QA]]:
     ]
 
 
-@wide_genre("story")
+@genre("story", wide=True)
 def _story(m: Material) -> tuple[str, list[QA]]:
     who, place, inn, stranger, role, thing = m.person(), m.place(), m.title(), m.first(), m.role(), m.thing()
     n, horse = m.count_word(), m.first()
