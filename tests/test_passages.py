@@ -14,12 +14,14 @@ from kvproj.data.passages import (
     GENRE_NAMES,
     GENRES,
     NAME_LIST_QUESTIONS,
+    NAME_QUESTIONS,
     WIDE_GENRES,
     Material,
     PassagesConfig,
     _first_names,
     _split_of,
     name_list,
+    name_question,
     passage_example,
 )
 from kvproj.data.passages import broad_lexicon as lexicon
@@ -106,6 +108,11 @@ def test_passages_are_a_pure_function_of_seed_split_index():
         ({"lexicon": "faker"}, "data.passages.lexicon: got 'faker'; valid: builtin, broad"),
         ({"name_lists": 1.5}, r"data.passages.name_lists: got 1.5; valid: a share in \[0, 1\]"),
         ({"name_lists": True}, "data.passages.name_lists: got True"),
+        ({"name_questions": -0.1}, r"data.passages.name_questions: got -0.1; valid: a share in \[0, 1\]"),
+        (
+            {"name_lists": 0.6, "name_questions": 0.5},
+            r"name_lists \(0.6\) \+ name_questions \(0.5\) is more than 1",
+        ),
         ({"genre_set": "all"}, "data.passages.genre_set: got 'all'; valid: core, wide"),
     ],
 )
@@ -242,6 +249,42 @@ def test_name_list_questions_replace_a_share_of_training_questions_only():
             assert e == b  # every other example is exactly the plain stream's
     assert train[11] == passage_example(PassagesConfig(lexicon="broad", name_lists=0.5), "train", 11)
     for split in ("val", "test"):  # held-out passages keep their ordinary questions
+        assert all(passage_example(cfg, split, i) == passage_example(plain, split, i) for i in range(100))
+
+
+def test_name_question_asks_one_part_of_a_stated_full_name_and_never_an_ambiguous_one():
+    context = "Ana Silva and Bram Silva met Cleo Oduya-Reyes. Dana waved."
+    people = ["Ana Silva", "Bram Silva", "Cleo Oduya-Reyes", "Zed Quill"]  # Zed Quill is not stated
+    stated = [p.split(" ", 1) for p in people[:3]]
+    valid = {
+        # the first name given the surname: only Cleo's (the two Silvas share theirs)
+        **{(form.format(surname="Oduya-Reyes"), "Cleo"): "first" for form in NAME_QUESTIONS["first"]},
+        **{(form.format(first=f), s): "surname" for form in NAME_QUESTIONS["surname"] for f, s in stated},
+        **{(form.format(first=f), f"{f} {s}"): "full" for form in NAME_QUESTIONS["full"] for f, s in stated},
+    }
+    drawn = [name_question(context, people, random.Random(i)) for i in range(200)]
+    assert all(pair in valid for pair in drawn), [pair for pair in drawn if pair not in valid]
+    assert {valid[pair] for pair in drawn} == {"first", "surname", "full"}
+    assert name_question("Dana waved at the Kelby Labs team.", ["Zed Quill"], random.Random(0)) is None
+
+
+def test_name_questions_replace_a_share_of_training_questions_in_the_ordinary_answer_form():
+    cfg = PassagesConfig(lexicon="broad", name_questions=0.5)
+    plain = PassagesConfig(lexicon="broad")
+    asked = 0
+    for i in range(300):
+        e, b = passage_example(cfg, "train", i), passage_example(plain, "train", i)
+        assert e["context"] == b["context"] and e["genre"] == b["genre"]
+        if e != b:
+            asked += 1
+            assert "\n" not in e["answer"] and ", " not in e["answer"]  # one name, not a list
+            assert _whole_word(e["answer"], e["context"])
+            assert any(e["question"].startswith(f.split("{")[0]) for pair in NAME_QUESTIONS.values() for f in pair)
+    assert 0.25 * 300 <= asked <= 0.5 * 300  # half are drawn; passages that state no full name keep theirs
+    both = PassagesConfig(lexicon="broad", name_lists=0.5, name_questions=0.5)
+    questions = [passage_example(both, "train", i)["question"] for i in range(200)]
+    assert any(q in NAME_LIST_QUESTIONS for q in questions) and not any("\n" in q for q in questions)
+    for split in ("val", "test"):
         assert all(passage_example(cfg, split, i) == passage_example(plain, split, i) for i in range(100))
 
 

@@ -114,6 +114,7 @@ class Material:
         self.words = words  # training material only: `PassagesConfig.words`
         self._used: set[str] = set()
         self.names: list[str] = []  # every person, first name, place and organization drawn, in draw order
+        self.people: list[str] = []  # the full names among them (`person`), in draw order
 
     def _fresh(self, make: Callable[[], str]) -> str:
         for _ in range(200):
@@ -153,7 +154,9 @@ class Material:
     def person(self) -> str:
         """A full name whose first name is reserved too: no other person of the passage (full name or first
         name alone) shares it, so a question naming one of them is never ambiguous."""
-        return self._name(self._fresh(lambda: f"{self.first()} {self._surname()}"))
+        full = self._name(self._fresh(lambda: f"{self.first()} {self._surname()}"))
+        self.people.append(full)
+        return full
 
     def first(self) -> str:
         pool = self.broad.first if self.broad is not None else _first_names(self.seed, self.split)
@@ -762,6 +765,32 @@ def name_list(context: str, names: list[str], limit: int = NAME_LIST_MAX) -> lis
     return sorted(kept, key=found.__getitem__)[:limit]
 
 
+# `PassagesConfig.name_questions`: a training passage's question may instead ask for one part of a person's name
+# given the other part, answered by ONE name in the ordinary answer form (the list forms above changed the form).
+NAME_QUESTIONS = {
+    "first": ("What is {surname}'s first name?", "Which first name does {surname} have in the text?"),
+    "surname": ("What is {first}'s surname?", "What is {first}'s family name?"),
+    "full": ("What is the full name of the person called {first}?", "Give {first}'s full name."),
+}
+
+
+def name_question(context: str, people: list[str], rng: random.Random) -> tuple[str, str] | None:
+    """A (question, answer) about one person of `people` whom `context` states by full name: their first name given
+    the surname, their surname given the first name, or their full name given the first name. Only unambiguous
+    questions: a surname shared by two people stated is never the cue. None when no one is stated by full name."""
+    stated = [p for p in dict.fromkeys(people) if " " in p and _mentions(context, p)]
+    if not stated:
+        return None
+    person = rng.choice(stated)
+    first, surname = person.split(" ", 1)
+    kinds = ["surname", "full"]
+    if sum(p.split(" ", 1)[1] == surname for p in stated) == 1:
+        kinds.append("first")
+    kind = rng.choice(kinds)
+    question = rng.choice(NAME_QUESTIONS[kind]).format(first=first, surname=surname)
+    return question, {"first": first, "surname": surname, "full": person}[kind]
+
+
 LEXICONS = ("builtin", "broad")
 WORDS = ("builtin", "broad")
 
@@ -792,6 +821,12 @@ class PassagesConfig:
             names keeps its question. Validation and test passages keep their ordinary questions. At share 0.5 and
             600 steps the target learnt to answer EVERY question as a list (the projector never sees the question,
             so the cache steers all answers into the format): off by default (docs/evaluation.md, "Name lists").
+        name_questions: Share of TRAINING passages whose question asks instead about the spelling of one person's
+            name, answered by one name in the ordinary form: the first name given the surname ("What is Poskitt's
+            first name?"), the surname given the first name, or the full name given the first name. A spelling
+            exercise without the list form's change of answer format. Drawn from the same seeded stream as
+            name_lists (name_lists + name_questions <= 1, the two never on one passage); a passage that states no
+            one by full name keeps its question. Validation and test passages keep their ordinary questions.
         genre_set: Genres TRAINING passages are drawn from. "core": the 18 original genres, less the held-out ones.
             "wide": also seven more (obituary, interview, lost_and_found, club_newsletter, museum_label,
             incident_report, story) that name shops, inns, boats, bands and paintings with titles made of common
@@ -805,6 +840,7 @@ class PassagesConfig:
     lexicon: str = "builtin"
     words: str = "builtin"
     name_lists: float = 0.0
+    name_questions: float = 0.0
     genre_set: str = "core"
 
     def __post_init__(self) -> None:
@@ -826,13 +862,14 @@ class PassagesConfig:
             raise ValueError(f"data.passages.lexicon: got {self.lexicon!r}; valid: {', '.join(LEXICONS)}")
         if self.words not in WORDS:
             raise ValueError(f"data.passages.words: got {self.words!r}; valid: {', '.join(WORDS)}")
-        if (
-            isinstance(self.name_lists, bool)
-            or not isinstance(self.name_lists, (int, float))
-            or not (0.0 <= self.name_lists <= 1.0)
-        ):
+        for name, none in (("name_lists", "no name-list questions"), ("name_questions", "no name questions")):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+                raise ValueError(f"data.passages.{name}: got {value!r}; valid: a share in [0, 1] (0: {none})")
+        if self.name_lists + self.name_questions > 1.0:
             raise ValueError(
-                f"data.passages.name_lists: got {self.name_lists!r}; valid: a share in [0, 1] (0: no name-list questions)"
+                f"data.passages: name_lists ({self.name_lists}) + name_questions ({self.name_questions}) is more than 1; "
+                "valid: shares that sum to at most 1 (a passage gets one question)"
             )
 
     def train_genres(self) -> list[str]:
@@ -855,10 +892,15 @@ def passage_example(cfg: PassagesConfig, split: str, index: int) -> dict[str, An
     context, qas = GENRES[name](material)
     forms, answer = rng.choice(qas)
     question = rng.choice(forms)
-    if split == "train" and cfg.name_lists > 0:
+    if split == "train" and cfg.name_lists + cfg.name_questions > 0:
         pick = random.Random(f"passages/{cfg.seed}/name_lists/{index}")
-        if pick.random() < cfg.name_lists and len(names := name_list(context, material.names)) >= 2:
-            question, answer = pick.choice(NAME_LIST_QUESTIONS), NAME_LIST_SEPARATOR.join(names)
+        draw = pick.random()
+        if draw < cfg.name_lists:
+            if len(names := name_list(context, material.names)) >= 2:
+                question, answer = pick.choice(NAME_LIST_QUESTIONS), NAME_LIST_SEPARATOR.join(names)
+        elif draw < cfg.name_lists + cfg.name_questions:
+            if (asked := name_question(context, material.people, pick)) is not None:
+                question, answer = asked
     return {
         "id": f"passage-{split}-{index:07d}",
         "context": context,
