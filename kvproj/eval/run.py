@@ -109,7 +109,7 @@ def print_summary(results: dict[str, Any], console=None) -> None:
     for name, c in results["conditions"].items():
         lo, hi = c["ci95"]["exact_match"] or [None, None]
         table.add_row(
-            name, f"{fmt(c['exact_match'])} [{fmt(lo, 2)}, {fmt(hi, 2)}]", fmt(c.get("answer_first")),
+            name, f"{fmt(c['exact_match'])} [{fmt(lo, 2)}, {fmt(hi, 2)}]", fmt(c["answer_first"]),
             fmt(c["f1"]), fmt(c["answer_nll"]),
             fmt(c["kl_to_oracle"]), fmt(c["latency_ms"], 1),
         )  # fmt: skip
@@ -166,13 +166,13 @@ def check_output(out: Path, overwrite: bool) -> None:
     `--overwrite`. Creates nothing."""
     generations = out.with_name(GENERATIONS_FILE)
     if out.name == generations.name:
-        raise ValueError(f"--output {out}: generations.jsonl is written beside results; name the results file "
+        raise ValueError(f"--output {out}: {GENERATIONS_FILE} is written beside results; name the results file "
                          "otherwise, e.g. results.json")  # fmt: skip
     if out.is_dir():
         raise ValueError(f"--output {out}: is a folder; give a file path such as {out / 'results.json'}")
     if not overwrite and (out.exists() or generations.exists()):
         raise FileExistsError(
-            f"--output {out}: results already exist there ({out.name} or generations.jsonl); "
+            f"--output {out}: results already exist there ({out.name} or {GENERATIONS_FILE}); "
             "pass --overwrite to replace them, or choose another --output"
         )
     folder = out.parent.absolute()
