@@ -6,7 +6,7 @@ how many first lines START with the answer (`kvproj.eval.metrics.answer_first`: 
 counts as exact match, not here), and how many first lines are lists of three or more comma-separated parts
 (`kvproj.eval.metrics.listed`), with the exact matches among them that are not the list's first item.
 
-    .venv/bin/python scripts/near_misses.py RUN/generations.jsonl [--condition projected] [--output near_misses.json]
+    .venv/bin/python scripts/near_misses.py RUN/generations.jsonl [--condition projected] [--output near_misses.json [--overwrite]]
 """
 
 from __future__ import annotations
@@ -24,7 +24,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("generations", type=Path, help="generations.jsonl written by `python -m kvproj evaluate`")
     parser.add_argument("--condition", default="projected")
     parser.add_argument("--output", type=Path, default=None, help="write the counts as JSON here")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     args = parser.parse_args(argv)
+    if args.output is not None and args.output.exists() and not args.overwrite:
+        raise SystemExit(f"--output: {args.output} exists; pass --overwrite to replace it")
     try:
         rows = read_generations(args.generations, args.condition)
     except ValueError as error:
