@@ -178,8 +178,8 @@ def test_near_misses_counts_near_misses_overruns_and_listed_hits(tmp_path, capsy
     assert (got["near_misses"], got["overruns"], got["listed"], got["listed_correct_not_first"]) == (2, 1, 2, 1)
     assert got["listed_correct_not_first_examples"][0]["answer"] == "Ludo"
     assert json.loads(capsys.readouterr().out) == got
-    out.write_text("{}")
-    with pytest.raises(SystemExit, match="exists; pass --overwrite"):  # an existing output is kept unless --overwrite
+    out.write_text("{}")  # an existing output is kept unless --overwrite
+    with pytest.raises(SystemExit, match="exists; pass --overwrite"):
         _load("near_misses").main([str(path), "--output", str(out)])
     assert out.read_text() == "{}"
     assert _load("near_misses").main([str(path), "--output", str(out), "--overwrite"]) == 0
