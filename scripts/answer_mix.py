@@ -1,0 +1,87 @@
+"""What kinds of answers a set asks for: the share of numbers, codes (anything else with a digit: "CA-3831", "12
+May"), names and titles (capitalized: "Hamish Dunleavy", "The Silver Goat") and common words ("a tiny snail") among
+its answers. A projector follows the answer mix it is trained on, so two held-out sets with different mixes can
+move in opposite directions under one change of the training passages (docs/evaluation.md, "Wider genres").
+
+    .venv/bin/python scripts/answer_mix.py narrative passages:test train:core train:wide [--limit 100]
+        [--train_examples 1500] [--output answer_mix.json [--overwrite]]
+
+A set is an evaluation set as `python -m kvproj evaluate --eval_file` reads it (`narrative`, `passages:val`,
+`passages:test` with the default held-out genres, or a JSONL file of {context, question, answer}), first --limit
+examples; or `train:GENRE_SET` (core, wide): the first --train_examples TRAINING passages of that genre set, with
+the broad lexicon the default trains on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+KINDS = ("number", "code", "name_or_title", "common_words")
+
+
+def kind(answer: str) -> str:
+    answer = answer.strip()
+    if re.fullmatch(r"-?[\d.,:]+", answer):
+        return "number"
+    if re.search(r"\d", answer):
+        return "code"
+    if answer[:1].isupper():
+        return "name_or_title"
+    return "common_words"
+
+
+def mix(answers: list[str]) -> dict[str, float]:
+    counts = Counter(kind(a) for a in answers)
+    return {k: round(counts[k] / len(answers), 3) for k in KINDS}
+
+
+def answers_of(spec: str, limit: int, train_examples: int) -> list[str]:
+    if spec.startswith("train:"):
+        from kvproj.data.passages import GENRE_SETS, PassagesConfig, passage_example
+
+        genre_set = spec.removeprefix("train:")
+        if genre_set not in GENRE_SETS:
+            raise SystemExit(f"set {spec}: valid training sets are {', '.join('train:' + g for g in GENRE_SETS)}")
+        cfg = PassagesConfig(lexicon="broad", genre_set=genre_set)
+        return [passage_example(cfg, "train", i)["answer"] for i in range(train_examples)]
+    from kvproj.eval.run import load_examples
+
+    try:
+        examples = load_examples("facts", spec, "test", None, limit)
+    except (ValueError, FileNotFoundError) as error:
+        raise SystemExit(f"set {spec}: {error}") from None
+    return [e["answer"] for e in examples[:limit]]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "sets", nargs="+", help="narrative, passages:val, passages:test, a JSONL file, train:core, train:wide"
+    )
+    parser.add_argument("--limit", type=int, default=100, help="first examples of each evaluation set")
+    parser.add_argument("--train_examples", type=int, default=1500, help="training passages of each train: set")
+    parser.add_argument("--output", type=Path, default=None, help="write the shares as JSON here")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    args = parser.parse_args(argv)
+    for name in ("limit", "train_examples"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"--{name}: got {getattr(args, name)}; valid: an int >= 1")
+    if args.output is not None and args.output.exists() and not args.overwrite:
+        raise SystemExit(f"--output: {args.output} exists; pass --overwrite to replace it")
+    out = {"limit": args.limit, "train_examples": args.train_examples, "sets": {}}
+    for spec in args.sets:
+        answers = answers_of(spec, args.limit, args.train_examples)
+        out["sets"][spec] = {"examples": len(answers), **mix(answers)}
+    text = json.dumps(out, indent=2) + "\n"
+    print(text, end="")
+    if args.output:
+        args.output.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
