@@ -15,10 +15,10 @@ the broad lexicon the default trains on.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 from collections import Counter
-from pathlib import Path
+
+from _output import add_output, check_output, write_output
 
 KINDS = ("number", "code", "name_or_title", "common_words")
 
@@ -64,22 +64,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--limit", type=int, default=100, help="first examples of each evaluation set")
     parser.add_argument("--train_examples", type=int, default=1500, help="training passages of each train: set")
-    parser.add_argument("--output", type=Path, default=None, help="write the shares as JSON here")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    add_output(parser, "the shares")
     args = parser.parse_args(argv)
     for name in ("limit", "train_examples"):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name}: got {getattr(args, name)}; valid: an int >= 1")
-    if args.output is not None and args.output.exists() and not args.overwrite:
-        raise SystemExit(f"--output: {args.output} exists; pass --overwrite to replace it")
+    check_output(args)
     out = {"limit": args.limit, "train_examples": args.train_examples, "sets": {}}
     for spec in args.sets:
         answers = answers_of(spec, args.limit, args.train_examples)
         out["sets"][spec] = {"examples": len(answers), **mix(answers)}
-    text = json.dumps(out, indent=2) + "\n"
-    print(text, end="")
-    if args.output:
-        args.output.write_text(text)
+    write_output(args, out)
     return 0
 
 

@@ -9,8 +9,9 @@ condition. Two runs with the same exact match can differ on many examples; the f
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
+
+from _output import add_output, check_output, write_output
 
 from kvproj.eval.generations import read_generations
 
@@ -57,19 +58,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("before", type=Path, help="generations.jsonl of the reference run")
     parser.add_argument("after", type=Path, help="generations.jsonl of the run compared with it")
     parser.add_argument("--condition", default="projected")
-    parser.add_argument("--output", type=Path, default=None, help="write the flips as JSON here")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    add_output(parser, "the flips")
     args = parser.parse_args(argv)
-    if args.output is not None and args.output.exists() and not args.overwrite:
-        raise SystemExit(f"--output: {args.output} exists; pass --overwrite to replace it")
+    check_output(args)
     out = {
         "before": str(args.before),
         "after": str(args.after),
         "condition": args.condition,
         **flips(_rows(args.before, args.condition), _rows(args.after, args.condition)),
     }
-    if args.output is not None:
-        args.output.write_text(json.dumps(out, indent=1) + "\n")
+    write_output(args, out, indent=1, echo=False)
     print(
         f"{out['examples']} examples: {out['correct_before']} -> {out['correct_after']} correct; "
         f"{out['turn_right']} turn right, {out['turn_wrong']} turn wrong"

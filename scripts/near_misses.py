@@ -12,8 +12,9 @@ counts as exact match, not here), and how many first lines are lists of three or
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
+
+from _output import add_output, check_output, write_output
 
 from kvproj.eval.generations import read_generations
 from kvproj.eval.metrics import answer_first, listed, near_miss, overrun
@@ -23,11 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("generations", type=Path, help="generations.jsonl written by `python -m kvproj evaluate`")
     parser.add_argument("--condition", default="projected")
-    parser.add_argument("--output", type=Path, default=None, help="write the counts as JSON here")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    add_output(parser, "the counts")
     args = parser.parse_args(argv)
-    if args.output is not None and args.output.exists() and not args.overwrite:
-        raise SystemExit(f"--output: {args.output} exists; pass --overwrite to replace it")
+    check_output(args)
     try:
         rows = read_generations(args.generations, args.condition)
     except ValueError as error:
@@ -54,10 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             {"answer": r["answer"], "generated": r["generated"][:60]} for r in hedged[:8]
         ],
     }
-    text = json.dumps(out, indent=2) + "\n"
-    print(text, end="")
-    if args.output:
-        args.output.write_text(text)
+    write_output(args, out)
     return 0
 
 
