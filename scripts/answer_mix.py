@@ -53,7 +53,8 @@ def answers_of(spec: str, limit: int, train_examples: int) -> list[str]:
     try:
         examples = load_examples("facts", spec, "test", None, limit)
     except (ValueError, FileNotFoundError) as error:
-        raise SystemExit(f"set {spec}: {error}") from None
+        valid = "narrative, passages:val, passages:test, a JSONL file of {context, question, answer}, train:core, train:wide"
+        raise SystemExit(f"set {spec}: {error}; valid sets: {valid}") from None
     return [e["answer"] for e in examples[:limit]]
 
 
