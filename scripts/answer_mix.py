@@ -8,52 +8,40 @@ move in opposite directions under one change of the training passages (docs/eval
 
 A set is an evaluation set as `python -m kvproj evaluate --eval_file` reads it (`narrative`, `passages:val`,
 `passages:test` with the default held-out genres, or a JSONL file of {context, question, answer}), first --limit
-examples; or `train:GENRE_SET` (core, wide): the first --train_examples TRAINING passages of that genre set, with
-the broad lexicon the default trains on.
+examples; or `train:GENRE_SET` (core, wide) or `train:GENRE_SET+balanced` (with `data.passages.answer_balance`): the
+first --train_examples TRAINING passages of that genre set, with the broad lexicon the default trains on.
 """
 
 from __future__ import annotations
 
 import argparse
-import re
 from collections import Counter
 
 from _output import add_output, check_output, write_output
 
-KINDS = ("number", "code", "name_or_title", "common_words")
+from kvproj.data.passages import ANSWER_KINDS, GENRE_SETS, PassagesConfig, answer_kind, passage_example
 
-
-def kind(answer: str) -> str:
-    answer = answer.strip()
-    if re.fullmatch(r"-?[\d.,:]+", answer):
-        return "number"
-    if re.search(r"\d", answer):
-        return "code"
-    if answer[:1].isupper():
-        return "name_or_title"
-    return "common_words"
+TRAIN_SETS = [f"train:{g}{b}" for g in GENRE_SETS for b in ("", "+balanced")]
 
 
 def mix(answers: list[str]) -> dict[str, float]:
-    counts = Counter(kind(a) for a in answers)
-    return {k: round(counts[k] / len(answers), 3) for k in KINDS}
+    counts = Counter(answer_kind(a) for a in answers)
+    return {k: round(counts[k] / len(answers), 3) for k in ANSWER_KINDS}
 
 
 def answers_of(spec: str, limit: int, train_examples: int) -> list[str]:
     if spec.startswith("train:"):
-        from kvproj.data.passages import GENRE_SETS, PassagesConfig, passage_example
-
-        genre_set = spec.removeprefix("train:")
-        if genre_set not in GENRE_SETS:
-            raise SystemExit(f"set {spec}: valid training sets are {', '.join('train:' + g for g in GENRE_SETS)}")
-        cfg = PassagesConfig(lexicon="broad", genre_set=genre_set)
+        if spec not in TRAIN_SETS:
+            raise SystemExit(f"set {spec}: valid training sets are {', '.join(TRAIN_SETS)}")
+        genre_set, _, balanced = spec.removeprefix("train:").partition("+")
+        cfg = PassagesConfig(lexicon="broad", genre_set=genre_set, answer_balance=bool(balanced))
         return [passage_example(cfg, "train", i)["answer"] for i in range(train_examples)]
     from kvproj.eval.run import load_examples
 
     try:
         examples = load_examples("facts", spec, "test", None, limit)
     except (ValueError, FileNotFoundError) as error:
-        valid = "narrative, passages:val, passages:test, a JSONL file of {context, question, answer}, train:core, train:wide"
+        valid = f"narrative, passages:val, passages:test, a JSONL file of {{context, question, answer}}, {', '.join(TRAIN_SETS)}"
         raise SystemExit(f"set {spec}: {error}; valid sets: {valid}") from None
     return [e["answer"] for e in examples[:limit]]
 
@@ -61,7 +49,7 @@ def answers_of(spec: str, limit: int, train_examples: int) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "sets", nargs="+", help="narrative, passages:val, passages:test, a JSONL file, train:core, train:wide"
+        "sets", nargs="+", help=f"narrative, passages:val, passages:test, a JSONL file, {', '.join(TRAIN_SETS)}"
     )
     parser.add_argument("--limit", type=int, default=100, help="first examples of each evaluation set")
     parser.add_argument("--train_examples", type=int, default=1500, help="training passages of each train: set")

@@ -11,6 +11,7 @@ from test_training import _dm
 from kvproj.data.lexicon import _eval_words, faker_words
 from kvproj.data.passages import (
     _FIRST,
+    ANSWER_KINDS,
     GENRE_NAMES,
     GENRES,
     NAME_LIST_QUESTIONS,
@@ -20,6 +21,7 @@ from kvproj.data.passages import (
     PassagesConfig,
     _first_names,
     _split_of,
+    answer_kind,
     name_list,
     name_question,
     passage_example,
@@ -114,6 +116,7 @@ def test_passages_are_a_pure_function_of_seed_split_index():
             r"name_lists \(0.6\) \+ name_questions \(0.5\) is more than 1",
         ),
         ({"genre_set": "all"}, "data.passages.genre_set: got 'all'; valid: core, wide"),
+        ({"answer_balance": "yes"}, "data.passages.answer_balance: got 'yes'; valid: true, false"),
     ],
 )
 def test_bad_passage_settings(kwargs, message):
@@ -310,3 +313,39 @@ def test_wide_genre_set_adds_training_genres_with_titles_and_leaves_held_out_pas
     ), title_shaped
     for split in ("val", "test"):
         assert all(passage_example(wide, split, i) == passage_example(plain, split, i) for i in range(100))
+
+
+def test_answer_kind_tells_numbers_codes_names_and_common_words_apart():
+    answers = (
+        "1978",
+        "-5",
+        "3.5",
+        "7:40",
+        "CA-3831",
+        "12 May",
+        "Hamish Dunleavy",
+        "The Silver Goat",
+        "a tiny snail",
+    )
+    kinds = ["number"] * 4 + ["code"] * 2 + ["name_or_title"] * 2 + ["common_words"]
+    assert [answer_kind(a) for a in answers] == kinds and set(kinds) == set(ANSWER_KINDS)
+
+
+def test_answer_balance_draws_each_kind_a_passage_offers_evenly_and_leaves_held_out_passages_alone():
+    balanced = PassagesConfig(lexicon="broad", genre_set="wide", answer_balance=True)
+    plain = PassagesConfig(lexicon="broad", genre_set="wide")
+    n = 1500
+    train = [passage_example(balanced, "train", i) for i in range(n)]
+    assert all(_whole_word(e["answer"], e["context"]) for e in train)
+    # the passage and genre are drawn before the question: only the question (and its answer) can change
+    assert all(e["context"] == passage_example(plain, "train", i)["context"] for i, e in enumerate(train[:200]))
+
+    def share(examples, kinds):
+        return sum(answer_kind(e["answer"]) in kinds for e in examples) / len(examples)
+
+    before = [passage_example(plain, "train", i) for i in range(n)]
+    # numbers and codes are the minority kinds in the genres' question lists: balancing raises them
+    assert share(train, ("number", "code")) > share(before, ("number", "code")) + 0.04
+    assert share(train, ("name_or_title",)) < share(before, ("name_or_title",)) - 0.04
+    for split in ("val", "test"):
+        assert all(passage_example(balanced, split, i) == passage_example(plain, split, i) for i in range(100))

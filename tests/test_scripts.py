@@ -193,14 +193,12 @@ def test_near_misses_counts_near_misses_overruns_and_listed_hits(tmp_path, capsy
 
 def test_answer_mix_classes_answers_and_reads_eval_and_training_sets(tmp_path):
     answer_mix = _load("answer_mix")
-    assert [answer_mix.kind(a) for a in ("1978", "-5", "CA-3831", "12 May", "Hamish Dunleavy", "a tiny snail")] == [
-        "number", "number", "code", "code", "name_or_title", "common_words",
-    ]  # fmt: skip
     path = tmp_path / "set.jsonl"
     rows = [("42", "q"), ("The Silver Goat", "q"), ("penguins", "q"), ("RT-884", "q")]
     path.write_text("".join(json.dumps({"context": "c", "question": q, "answer": a}) + "\n" for a, q in rows))
     out = tmp_path / "mix.json"
-    assert answer_mix.main([str(path), "train:core", "--train_examples", "50", "--output", str(out)]) == 0
+    sets = [str(path), "train:core", "train:core+balanced"]
+    assert answer_mix.main([*sets, "--train_examples", "50", "--output", str(out)]) == 0
     got = json.loads(out.read_text())["sets"]
     assert got[str(path)] == {
         "examples": 4,
@@ -210,10 +208,12 @@ def test_answer_mix_classes_answers_and_reads_eval_and_training_sets(tmp_path):
         "common_words": 0.25,
     }
     assert got["train:core"]["examples"] == 50
-    assert sum(v for k, v in got["train:core"].items() if k != "examples") == pytest.approx(1.0, abs=0.01)
+    for spec in ("train:core", "train:core+balanced"):
+        assert sum(v for k, v in got[spec].items() if k != "examples") == pytest.approx(1.0, abs=0.01)
+    assert got["train:core+balanced"] != got["train:core"]
     with pytest.raises(SystemExit, match="exists; pass --overwrite"):
         answer_mix.main([str(path), "--output", str(out)])
-    with pytest.raises(SystemExit, match="valid training sets are train:core, train:wide"):
+    with pytest.raises(SystemExit, match="valid training sets are train:core, train:core\\+balanced, train:wide"):
         answer_mix.main(["train:all"])
     with pytest.raises(SystemExit, match="no such file"):
         answer_mix.main([str(tmp_path / "missing.jsonl")])

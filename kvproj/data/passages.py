@@ -741,6 +741,23 @@ GENRE_NAMES = tuple(GENRES)
 CORE_GENRES = tuple(g for g in GENRE_NAMES if g not in WIDE_GENRES)
 GENRE_SETS = ("core", "wide")
 
+# The kinds of answer a question can ask for (`answer_kind`; `PassagesConfig.answer_balance`; scripts/answer_mix.py).
+ANSWER_KINDS = ("number", "code", "name_or_title", "common_words")
+
+
+def answer_kind(answer: str) -> str:
+    """ "number" ("1978", "3.5", "7:40"), "code" (any other answer with a digit: "CA-3831", "12 May"),
+    "name_or_title" (capitalized: "Hamish Dunleavy", "The Silver Goat") or "common_words" ("a tiny snail")."""
+    answer = str(answer).strip()
+    if re.fullmatch(r"-?[\d.,:]+", answer):
+        return "number"
+    if re.search(r"\d", answer):
+        return "code"
+    if answer[:1].isupper():
+        return "name_or_title"
+    return "common_words"
+
+
 # `PassagesConfig.name_lists`: a training passage's question may instead ask for all its names, in order.
 NAME_LIST_QUESTIONS = (
     "List the names in the text, one per line, in the order they appear.",
@@ -846,6 +863,7 @@ class PassagesConfig:
     name_lists: float = 0.0
     name_questions: float = 0.0
     genre_set: str = "core"
+    answer_balance: bool = False
 
     def __post_init__(self) -> None:
         for name in ("val_genres", "test_genres"):
@@ -858,6 +876,8 @@ class PassagesConfig:
             )
         if self.genre_set not in GENRE_SETS:
             raise ValueError(f"data.passages.genre_set: got {self.genre_set!r}; valid: {', '.join(GENRE_SETS)}")
+        if not isinstance(self.answer_balance, bool):
+            raise ValueError(f"data.passages.answer_balance: got {self.answer_balance!r}; valid: true, false")
         if not self.train_genres():
             raise ValueError("data.passages: val_genres and test_genres leave no genre for training")
         if not 0.0 <= self.share <= 1.0:
@@ -894,6 +914,12 @@ def passage_example(cfg: PassagesConfig, split: str, index: int) -> dict[str, An
     words = faker_words() if cfg.words == "broad" and split == "train" else None
     material = Material(rng, split, cfg.seed, broad, words)
     context, qas = GENRES[name](material)
+    if cfg.answer_balance and split == "train":
+        # one kind of answer the passage offers, uniformly, then one of its questions of that kind
+        by_kind: dict[str, list[QA]] = {}
+        for qa in qas:
+            by_kind.setdefault(answer_kind(qa[1]), []).append(qa)
+        qas = by_kind[rng.choice(sorted(by_kind))]
     forms, answer = rng.choice(qas)
     question = rng.choice(forms)
     if split == "train" and cfg.name_lists + cfg.name_questions > 0:
