@@ -9,7 +9,11 @@ move in opposite directions under one change of the training passages (docs/eval
 A set is an evaluation set as `python -m kvproj evaluate --eval_file` reads it (`narrative`, `passages:val`,
 `passages:test` with the default held-out genres, or a JSONL file of {context, question, answer}), first --limit
 examples; or `train:GENRE_SET` (core, wide) or `train:GENRE_SET+balanced` (with `data.passages.answer_balance`): the
-first --train_examples TRAINING passages of that genre set, with the broad lexicon the default trains on.
+first --train_examples TRAINING passages of that genre set, with the broad lexicon the default trains on; or
+`run:GENERATIONS.jsonl` (written by `python -m kvproj evaluate`): the answers of one condition's rows (--condition,
+default projected), all of them, with the exact match the run got on each kind.
+
+    .venv/bin/python scripts/answer_mix.py run:RUN/generations.jsonl run:OTHER/generations.jsonl
 """
 
 from __future__ import annotations
@@ -27,6 +31,29 @@ TRAIN_SETS = [f"train:{g}{b}" for g in GENRE_SETS for b in ("", "+balanced")]
 def mix(answers: list[str]) -> dict[str, float]:
     counts = Counter(answer_kind(a) for a in answers)
     return {k: round(counts[k] / len(answers), 3) for k in ANSWER_KINDS}
+
+
+def exact_match(rows: list[dict]) -> dict[str, dict[str, float]]:
+    """Per answer kind: how many of a run's examples ask for it and the share it got right."""
+    out = {}
+    for k in ANSWER_KINDS:
+        hits = [r["correct"] for r in rows if answer_kind(r["answer"]) == k]
+        out[k] = {"examples": len(hits), "exact_match": round(sum(hits) / len(hits), 3) if hits else None}
+    return out
+
+
+def run_rows(spec: str, condition: str) -> list[dict]:
+    from kvproj.eval.generations import read_generations
+
+    path = spec.removeprefix("run:")
+    try:
+        return read_generations(path, condition)
+    except FileNotFoundError:
+        raise SystemExit(
+            f"set {spec}: no such file; valid: run:GENERATIONS.jsonl written by `kvproj evaluate`"
+        ) from None
+    except ValueError as error:
+        raise SystemExit(f"--condition: {error}") from None
 
 
 def answers_of(spec: str, limit: int, train_examples: int) -> list[str]:
@@ -49,10 +76,13 @@ def answers_of(spec: str, limit: int, train_examples: int) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "sets", nargs="+", help=f"narrative, passages:val, passages:test, a JSONL file, {', '.join(TRAIN_SETS)}"
+        "sets",
+        nargs="+",
+        help=f"narrative, passages:val, passages:test, a JSONL file, {', '.join(TRAIN_SETS)}, run:GENERATIONS.jsonl",
     )
     parser.add_argument("--limit", type=int, default=100, help="first examples of each evaluation set")
     parser.add_argument("--train_examples", type=int, default=1500, help="training passages of each train: set")
+    parser.add_argument("--condition", default="projected", help="the condition read from run: sets")
     add_output(parser, "the shares")
     args = parser.parse_args(argv)
     for name in ("limit", "train_examples"):
@@ -61,8 +91,13 @@ def main(argv: list[str] | None = None) -> int:
     check_output(args)
     out = {"limit": args.limit, "train_examples": args.train_examples, "sets": {}}
     for spec in args.sets:
-        answers = answers_of(spec, args.limit, args.train_examples)
-        out["sets"][spec] = {"examples": len(answers), **mix(answers)}
+        if spec.startswith("run:"):
+            rows = run_rows(spec, args.condition)
+            answers = [r["answer"] for r in rows]
+            out["sets"][spec] = {"examples": len(answers), **mix(answers), "by_kind": exact_match(rows)}
+        else:
+            answers = answers_of(spec, args.limit, args.train_examples)
+            out["sets"][spec] = {"examples": len(answers), **mix(answers)}
     write_output(args, out)
     return 0
 

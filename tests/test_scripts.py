@@ -219,3 +219,32 @@ def test_answer_mix_classes_answers_and_reads_eval_and_training_sets(tmp_path):
         answer_mix.main([str(tmp_path / "missing.jsonl")])
     with pytest.raises(SystemExit, match="--limit: got 0"):
         answer_mix.main([str(path), "--limit", "0"])
+
+
+def test_answer_mix_scores_a_run_by_answer_kind(tmp_path):
+    answer_mix = _load("answer_mix")
+    gen = tmp_path / "generations.jsonl"
+    rows = [("42", True), ("7", False), ("RT-884", False), ("Hamish", True), ("penguins", True)]
+    gen.write_text(
+        "".join(
+            json.dumps({"id": str(i), "condition": c, "generated": " x", "answer": a, "correct": ok}) + "\n"
+            for c in ("projected", "target_alone")
+            for i, (a, ok) in enumerate(rows)
+        )
+    )
+    out = tmp_path / "kinds.json"
+    assert answer_mix.main([f"run:{gen}", "--output", str(out)]) == 0
+    got = json.loads(out.read_text())["sets"][f"run:{gen}"]
+    assert got["examples"] == 5 and got["number"] == 0.4
+    assert got["by_kind"] == {
+        "number": {"examples": 2, "exact_match": 0.5},
+        "code": {"examples": 1, "exact_match": 0.0},
+        "name_or_title": {"examples": 1, "exact_match": 1.0},
+        "common_words": {"examples": 1, "exact_match": 1.0},
+    }
+    with pytest.raises(
+        SystemExit, match="--condition: no rows for 'oracle'.*conditions there: projected, target_alone"
+    ):
+        answer_mix.main([f"run:{gen}", "--condition", "oracle"])
+    with pytest.raises(SystemExit, match="no such file; valid: run:GENERATIONS.jsonl"):
+        answer_mix.main([f"run:{tmp_path / 'missing.jsonl'}"])
