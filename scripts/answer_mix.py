@@ -34,11 +34,21 @@ def mix(answers: list[str]) -> dict[str, float]:
 
 
 def exact_match(rows: list[dict]) -> dict[str, dict[str, float]]:
-    """Per answer kind: how many of a run's examples ask for it and the share it got right."""
+    """Per answer kind: how many of a run's examples ask for it, the share it got right (exact match: the answer in
+    the first line) and the share whose first line starts with the answer (`kvproj.eval.metrics.answer_first`)."""
+    from kvproj.eval.metrics import answer_first
+
     out = {}
     for k in ANSWER_KINDS:
-        hits = [r["correct"] for r in rows if answer_kind(r["answer"]) == k]
-        out[k] = {"examples": len(hits), "exact_match": round(sum(hits) / len(hits), 3) if hits else None}
+        of_kind = [r for r in rows if answer_kind(r["answer"]) == k]
+        n = len(of_kind)
+        hits = sum(r["correct"] for r in of_kind)
+        first = sum(answer_first(r["generated"], r["answer"]) for r in of_kind)
+        out[k] = {
+            "examples": n,
+            "exact_match": round(hits / n, 3) if n else None,
+            "answer_first": round(first / n, 3) if n else None,
+        }
     return out
 
 

@@ -224,12 +224,13 @@ def test_answer_mix_classes_answers_and_reads_eval_and_training_sets(tmp_path):
 def test_answer_mix_scores_a_run_by_answer_kind(tmp_path):
     answer_mix = _load("answer_mix")
     gen = tmp_path / "generations.jsonl"
-    rows = [("42", True), ("7", False), ("RT-884", False), ("Hamish", True), ("penguins", True)]
+    rows = [("42", " 42", True), ("7", " 6, 7", True), ("RT-884", " RT-88", False), ("Hamish", " Hamish", True)]
+    rows.append(("penguins", " penguins", True))
     gen.write_text(
         "".join(
-            json.dumps({"id": str(i), "condition": c, "generated": " x", "answer": a, "correct": ok}) + "\n"
+            json.dumps({"id": str(i), "condition": c, "generated": g, "answer": a, "correct": ok}) + "\n"
             for c in ("projected", "target_alone")
-            for i, (a, ok) in enumerate(rows)
+            for i, (a, g, ok) in enumerate(rows)
         )
     )
     out = tmp_path / "kinds.json"
@@ -237,10 +238,14 @@ def test_answer_mix_scores_a_run_by_answer_kind(tmp_path):
     got = json.loads(out.read_text())["sets"][f"run:{gen}"]
     assert got["examples"] == 5 and got["number"] == 0.4
     assert got["by_kind"] == {
-        "number": {"examples": 2, "exact_match": 0.5},
-        "code": {"examples": 1, "exact_match": 0.0},
-        "name_or_title": {"examples": 1, "exact_match": 1.0},
-        "common_words": {"examples": 1, "exact_match": 1.0},
+        "number": {
+            "examples": 2,
+            "exact_match": 1.0,
+            "answer_first": 0.5,
+        },  # "6, 7" holds 7 but does not start with it
+        "code": {"examples": 1, "exact_match": 0.0, "answer_first": 0.0},
+        "name_or_title": {"examples": 1, "exact_match": 1.0, "answer_first": 1.0},
+        "common_words": {"examples": 1, "exact_match": 1.0, "answer_first": 1.0},
     }
     with pytest.raises(
         SystemExit, match="--condition: no rows for 'oracle'.*conditions there: projected, target_alone"
