@@ -9,6 +9,8 @@ condition. Two runs with the same exact match can differ on many examples; the f
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from pathlib import Path
 
 from _output import add_output, check_output, write_output
@@ -81,4 +83,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except BrokenPipeError:  # `| head` closed stdout early; --output was written before any printing
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the Python docs' recipe (signal module)
+        raise SystemExit(0) from None
