@@ -1,7 +1,8 @@
 """What kinds of answers a set asks for: the share of numbers, codes (anything else with a digit: "CA-3831", "12
 May"), names and titles (capitalized: "Hamish Dunleavy", "The Silver Goat") and common words ("a tiny snail") among
-its answers. A projector follows the answer mix it is trained on, so two held-out sets with different mixes can
-move in opposite directions under one change of the training passages (docs/evaluation.md, "Wider genres").
+its answers, and for a run, its exact match on each kind. Two held-out sets with different mixes can move in
+opposite directions under one change of the training passages (docs/evaluation.md, "Wider genres"); raising a
+kind's share among the training answers did not carry that kind better ("Balancing the kinds of answer").
 
     .venv/bin/python scripts/answer_mix.py narrative passages:test train:core train:wide [--limit 100]
         [--train_examples 1500] [--output answer_mix.json [--overwrite]]
@@ -78,7 +79,7 @@ def answers_of(spec: str, limit: int, train_examples: int) -> list[str]:
     try:
         examples = load_examples("facts", spec, "test", None, limit)
     except (ValueError, FileNotFoundError) as error:
-        valid = f"narrative, passages:val, passages:test, a JSONL file of {{context, question, answer}}, {', '.join(TRAIN_SETS)}"
+        valid = f"narrative, passages:val, passages:test, a JSONL file of {{context, question, answer}}, {', '.join(TRAIN_SETS)}, run:GENERATIONS.jsonl"
         raise SystemExit(f"set {spec}: {error}; valid sets: {valid}") from None
     return [e["answer"] for e in examples[:limit]]
 
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name}: got {getattr(args, name)}; valid: an int >= 1")
     check_output(args)
-    out = {"limit": args.limit, "train_examples": args.train_examples, "sets": {}}
+    out = {"limit": args.limit, "train_examples": args.train_examples, "condition": args.condition, "sets": {}}
     for spec in args.sets:
         if spec.startswith("run:"):
             rows = run_rows(spec, args.condition)
