@@ -77,9 +77,14 @@ class FrozenPair:
         self._head: KVCache | None = None
 
     def codec(
-        self, answer_template: str = " {answer}", max_context_tokens: int | None = None, answer_end: str = ""
+        self,
+        answer_template: str = " {answer}",
+        max_context_tokens: int | None = None,
+        answer_end: str = "",
+        answer_follow: int = 0,
     ) -> PairCodec:
-        """Turns raw examples into padded batches in this pair's formats (`answer_end`: training only)."""
+        """Turns raw examples into padded batches in this pair's formats (`answer_end`, `answer_follow`: training
+        only)."""
         return PairCodec(
             self.source.tokenizer,
             self.target.tokenizer,
@@ -88,6 +93,7 @@ class FrozenPair:
             answer_template=answer_template,
             max_context_tokens=max_context_tokens,
             answer_end=answer_end,
+            answer_follow=answer_follow,
         )
 
     def to(self, device: torch.device) -> FrozenPair:

@@ -9,6 +9,7 @@ from test_training import ROOT, _ckpt, _dm, run_cli
 
 from kvproj.cli import packaged_config, resolve_configs
 from kvproj.data.datamodule import shard_indices
+from kvproj.data.pairs import context_after
 from kvproj.module import KVProjectorModule
 
 
@@ -91,6 +92,47 @@ def test_answer_end_is_scored_in_training_only():
     # language-modelling examples (no question) are not given an end
     lm = {"context": "The river", "question": "", "answer": " runs north."}
     assert dm.encode(lm).labels == _dm().encode(lm).labels
+
+
+def test_answer_follow_scores_what_follows_the_answer_in_the_context_in_training_only():
+    dm = _dm(answer_follow=12)
+    tok = dm.pair.target.tokenizer
+    examples = [e for e, _ in zip(dm.iter_examples(0), range(8))]
+    for example in examples:
+        after = context_after(example["context"], example["answer"], 12)
+        assert after and example["context"].count(example["answer"] + after) >= 1
+        plain, trained = _dm().encode(example), dm.encode(example)
+        extra = tok(after, add_special_tokens=False).input_ids
+        # the answer's own tokens are unchanged; what follows it in the text is scored after them
+        assert [t for t in trained.labels if t != -100] == [t for t in plain.labels if t != -100] + extra
+        # evaluation scores the answer alone
+        assert dm.pair.codec(dm.answer_template, dm.max_context_tokens).encode(example).labels == plain.labels
+    lm = {"context": "The river", "question": "", "answer": " runs north."}
+    assert dm.encode(lm).labels == _dm().encode(lm).labels
+
+
+def test_context_after_reads_through_the_first_line_break_and_whole_words_only():
+    assert context_after("sample DEW-6716 turned blue", "DEW-6716", 10) == " turned bl"
+    assert context_after("sample DEW-6716\nnext line", "DEW-6716", 10) == "\n"
+    assert context_after("DEW-67165 and DEW-6716. ok", "DEW-6716", 4) == ". ok"  # not inside DEW-67165
+    assert context_after("no answer here", "DEW-6716", 4) == ""
+    assert context_after("ends with DEW-6716", "DEW-6716", 4) == ""
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"answer_follow": -1}, r"data.answer_follow: got -1; valid: an int >= 0"),
+        ({"answer_follow": 2.5}, r"data.answer_follow: got 2.5; valid: an int >= 0"),
+        (
+            {"answer_follow": 8, "answer_end": "\n"},
+            r"data.answer_end \('\\n'\) and data.answer_follow \(8\): valid: one",
+        ),
+    ],
+)
+def test_bad_answer_follow_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        _dm(**kwargs)
 
 
 def test_negative_reconstruction_weight_refused():

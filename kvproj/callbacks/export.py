@@ -32,7 +32,14 @@ class ProjectorExport(L.Callback):
             # what evaluation needs to read examples exactly as training did
             extra["data"] = {
                 k: dm.hparams[k]
-                for k in ("answer_template", "answer_end", "max_context_tokens", "protocol", "lm_context_fraction")
+                for k in (
+                    "answer_template",
+                    "answer_end",
+                    "answer_follow",
+                    "max_context_tokens",
+                    "protocol",
+                    "lm_context_fraction",
+                )
                 if k in dm.hparams
             }
             extra["data"]["chat_template"] = module.pair.chat_template

@@ -159,6 +159,10 @@ class KVPairDataModule(L.LightningDataModule):
             learns from the projected cache where the answer ends, instead of running a name on ("Tamsworthsmith"
             for "Tamsworth"). Training and validation only: `kvproj evaluate` scores the answer alone, and exact
             match reads the generation's first line. Not used for language-modelling examples.
+        answer_follow: Characters of the context that follow the answer's first whole-word mention (through the
+            first line break), scored after each training answer like answer_end: the target learns from the
+            projected cache what comes after the answer in the text ("DEW-6716, which" rather than
+            "DEW-67165565..."). 0: off. Training and validation only; not with answer_end.
         batch_size: Training examples per step.
         val_batch_size: Validation examples per batch.
         val_examples: Held-out validation examples (facts: entities never seen in training; text: a seeded
@@ -178,6 +182,7 @@ class KVPairDataModule(L.LightningDataModule):
         protocol: str = "masked",
         answer_template: str = " {answer}",
         answer_end: str = "",
+        answer_follow: int = 0,
         batch_size: int = 16,
         val_batch_size: int = 16,
         val_examples: int = 64,
@@ -201,6 +206,16 @@ class KVPairDataModule(L.LightningDataModule):
             raise ValueError(
                 f"data.answer_end: got {answer_end!r}; valid: plain text that tokenizes to at least one token "
                 f"(e.g. '\\n'), or '' for none"
+            )
+        if isinstance(answer_follow, bool) or not isinstance(answer_follow, int) or answer_follow < 0:
+            raise ValueError(
+                f"data.answer_follow: got {answer_follow!r}; valid: an int >= 0 (characters of the context after "
+                "the answer; 0: off)"
+            )
+        if answer_follow and answer_end:
+            raise ValueError(
+                f"data.answer_end ({answer_end!r}) and data.answer_follow ({answer_follow}): valid: one of them, "
+                "both say what is scored after the answer"
             )
         for name, value in (
             ("batch_size", batch_size),
@@ -229,7 +244,10 @@ class KVPairDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.pair = pair
         self.codec = pair.codec(
-            answer_template=answer_template, max_context_tokens=max_context_tokens, answer_end=answer_end
+            answer_template=answer_template,
+            max_context_tokens=max_context_tokens,
+            answer_end=answer_end,
+            answer_follow=answer_follow,
         )
         self.consumed = 0  # training examples the model has consumed (exact resume)
         self._splits: dict[str, list[dict]] | None = None

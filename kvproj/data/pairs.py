@@ -8,6 +8,7 @@ every example. The source reads its own head + the same context text.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,6 +68,17 @@ class EncodedExample:
     stream_index: int = -1
 
 
+def context_after(context: str, answer: str, chars: int) -> str:
+    """Up to `chars` characters of `context` after the answer's first whole-word mention, through the first line
+    break ("DEW-6716" in "sample DEW-6716 turned blue" -> " turned bl"; at the end of a line -> "\n"); "" when the
+    context does not state the answer verbatim or it ends the context."""
+    found = re.search(rf"(?<!\w){re.escape(answer)}(?!\w)", context)
+    if found is None:
+        return ""
+    after = context[found.end() : found.end() + chars]
+    return after[: after.index("\n") + 1] if "\n" in after else after
+
+
 def encode_example(
     example: dict[str, Any],
     source_tokenizer: Any,
@@ -76,6 +88,7 @@ def encode_example(
     *,
     answer_template: str = " {answer}",
     answer_end: str = "",
+    answer_follow: int = 0,
     max_context_tokens: int | None = None,
     stream_index: int = -1,
 ) -> EncodedExample:
@@ -83,7 +96,8 @@ def encode_example(
 
     An empty question means language modelling: the continuation is the answer text alone, every token scored.
     `answer_end` (training only) is tokenized on its own and appended to the answer's tokens, scored with them:
-    the answer's tokens stay exactly those evaluation scores.
+    the answer's tokens stay exactly those evaluation scores. `answer_follow` (training only) does the same with
+    what follows the answer in the context (`context_after`).
     """
     context = example["context"]
     alignment = align(context, source_tokenizer, target_tokenizer)
@@ -115,6 +129,8 @@ def encode_example(
         )
     if answer_end and question:
         answer_ids = answer_ids + target_tokenizer(answer_end, add_special_tokens=False).input_ids
+    if answer_follow and question and (after := context_after(context, str(example["answer"]), answer_follow)):
+        answer_ids = answer_ids + target_tokenizer(after, add_special_tokens=False).input_ids
     return EncodedExample(
         id=str(example.get("id", stream_index)),
         source_ids=source_ids,
@@ -181,6 +197,7 @@ class PairCodec:
     answer_template: str = " {answer}"
     max_context_tokens: int | None = None
     answer_end: str = ""
+    answer_follow: int = 0
 
     def encode(self, example: dict[str, Any], stream_index: int = -1) -> EncodedExample:
         return encode_example(
@@ -191,6 +208,7 @@ class PairCodec:
             self.target_format,
             answer_template=self.answer_template,
             answer_end=self.answer_end,
+            answer_follow=self.answer_follow,
             max_context_tokens=self.max_context_tokens,
             stream_index=stream_index,
         )

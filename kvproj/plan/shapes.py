@@ -347,12 +347,13 @@ def sequence_lengths(
 ) -> Lengths:
     """Lengths of `batches` training batches of the run's own data, encoded exactly as training encodes them
     (kvproj.data.pairs.encode_example) when both tokenizers are available offline; else from characters."""
-    from kvproj.data.pairs import SideFormat, encode_example
+    from kvproj.data.pairs import SideFormat, context_after, encode_example
 
     batch = int(data.get("batch_size", 16))
     max_ctx = int(data.get("max_context_tokens", 256))
     answer_template = data.get("answer_template", " {answer}")
     answer_end = data.get("answer_end", "") or ""
+    answer_follow = int(data.get("answer_follow", 0) or 0)
     examples = _examples(data, batch * batches)
     if not examples:  # a text corpus: context = a share of each text, up to max_context_tokens
         ctx = max_ctx
@@ -387,6 +388,7 @@ def sequence_lengths(
                 formats[1],
                 answer_template=answer_template,
                 answer_end=answer_end,
+                answer_follow=answer_follow,
                 max_context_tokens=max_ctx,
             )
             answer = sum(1 for x in enc.labels if x != -100)
@@ -397,7 +399,8 @@ def sequence_lengths(
         before, after = question_template.split("{question}")
         for e in examples:
             ctx = min(math.ceil(len(e["context"]) / CHARS_PER_TOKEN), max_ctx)
-            answer = math.ceil(len(answer_template.format(answer=e["answer"]) + answer_end) / CHARS_PER_TOKEN)
+            end = context_after(e["context"], str(e["answer"]), answer_follow) if answer_follow else answer_end
+            answer = math.ceil(len(answer_template.format(answer=e["answer"]) + end) / CHARS_PER_TOKEN)
             question = math.ceil(len(before + e["question"] + after) / CHARS_PER_TOKEN)
             rows.append((ctx + 1, ctx + 1, question + answer, answer))
         encode = ENCODE_SECONDS
