@@ -68,11 +68,16 @@ class EncodedExample:
     stream_index: int = -1
 
 
+def mention(text: str, phrase: str) -> re.Match[str] | None:
+    """The first whole-word occurrence of `phrase` in `text` ("DEW-6716" is not in "DEW-67165")."""
+    return re.search(rf"(?<!\w){re.escape(phrase)}(?!\w)", text)
+
+
 def context_after(context: str, answer: str, chars: int) -> str:
     """Up to `chars` characters of `context` after the answer's first whole-word mention, through the first line
     break ("DEW-6716" in "sample DEW-6716 turned blue" -> " turned bl"; at the end of a line -> "\n"); "" when the
     context does not state the answer verbatim or it ends the context."""
-    found = re.search(rf"(?<!\w){re.escape(answer)}(?!\w)", context)
+    found = mention(context, answer)
     if found is None:
         return ""
     after = context[found.end() : found.end() + chars]

@@ -19,6 +19,7 @@ from typing import Any
 
 from kvproj.data.facts import _a
 from kvproj.data.lexicon import Lexicon, WordPools, faker_pools, faker_words, words_of
+from kvproj.data.pairs import mention
 
 # ----------------------------------------------------------------------------------------------------------------
 # Word material: names of many origins, invented places and words, objects, organizations.
@@ -770,15 +771,11 @@ NAME_LIST_SEPARATOR = "\n"
 NAME_LIST_MAX = 4
 
 
-def _mentions(text: str, name: str) -> re.Match[str] | None:
-    return re.search(rf"(?<!\w){re.escape(name)}(?!\w)", text)
-
-
 def name_list(context: str, names: list[str], limit: int = NAME_LIST_MAX) -> list[str]:
     """The names among `names` that `context` states as whole words, by first appearance, at most `limit`; a name
     that is part of another stated one (a first name inside its person's full name) is left out."""
-    found = {name: m.start() for name in dict.fromkeys(names) if (m := _mentions(context, name))}
-    kept = [name for name in found if not any(other != name and _mentions(other, name) for other in found)]
+    found = {name: m.start() for name in dict.fromkeys(names) if (m := mention(context, name))}
+    kept = [name for name in found if not any(other != name and mention(other, name) for other in found)]
     return sorted(kept, key=found.__getitem__)[:limit]
 
 
@@ -795,7 +792,7 @@ def name_question(context: str, people: list[str], rng: random.Random) -> tuple[
     """A (question, answer) about one person of `people` whom `context` states by full name: their first name given
     the surname, their surname given the first name, or their full name given the first name. Only unambiguous
     questions: a surname shared by two people stated is never the cue. None when no one is stated by full name."""
-    stated = [p for p in dict.fromkeys(people) if " " in p and _mentions(context, p)]
+    stated = [p for p in dict.fromkeys(people) if " " in p and mention(context, p)]
     if not stated:
         return None
     person = rng.choice(stated)
