@@ -15,10 +15,12 @@ import pytest
 
 from kvproj.data import facts
 from kvproj.data.facts import (
+    BUNDLED_EVAL_FILES,
     RELATIONS,
     EvalFileError,
     FactExample,
     FactsConfig,
+    bundled_eval_path,
     generate_splits,
     is_closed_value,
     iter_train,
@@ -303,6 +305,33 @@ def test_read_jsonl_default_ids_and_extra_keys(tmp_path):
     assert read_jsonl(path) == [{"context": "c a", "question": "q", "answer": "a", "source": "me", "id": "mine-2"}]
     with pytest.raises(FileNotFoundError, match="does not exist"):
         read_jsonl(tmp_path / "missing.jsonl")
+
+
+def test_genre_passages_eval_file():
+    """The hand-written genre passages: verbatim short answers, questions, several questions per passage, and the
+    kinds of answer the file is for (numbers, codes, names) all present."""
+    path = bundled_eval_path("genres")
+    assert path.is_file() and path.parent == narrative_eval_path().parent
+    rows = read_jsonl(path)
+    assert len(rows) >= 60 and len({r["id"] for r in rows}) == len(rows)
+    assert len({r["context"] for r in rows}) < len(rows)  # passages carry more than one question
+    assert len({(r["context"], r["question"]) for r in rows}) == len(rows)
+    for r in rows:
+        assert re.search(rf"(?<!\w){re.escape(r['answer'])}(?!\w)", r["context"]), r["id"]
+        assert 1 <= len(r["answer"].split()) <= 3, r["id"]
+        assert r["question"].endswith("?"), r["id"]
+    assert sum(r["answer"].replace(",", "").replace(".", "").isdigit() for r in rows) >= 10
+    assert sum(bool(re.fullmatch(r"[A-Z]{2}-\d+", r["answer"])) for r in rows) >= 2
+
+
+def test_bundled_eval_files_by_name():
+    from kvproj.eval.run import load_examples
+
+    assert set(BUNDLED_EVAL_FILES) == {"narrative", "genres"}
+    assert load_examples("facts", "genres", "test", None, None) == read_jsonl(bundled_eval_path("genres"))
+    assert bundled_eval_path("narrative") == narrative_eval_path()
+    with pytest.raises(ValueError, match=r"bundled eval file: got 'novels'; valid: narrative, genres"):
+        bundled_eval_path("novels")
 
 
 def test_narrative_eval_file():

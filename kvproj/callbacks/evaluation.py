@@ -26,8 +26,8 @@ class FactsEvalCallback(L.Callback):
         conditions: Conditions to run (the floor and oracle are cheap to include and make the gap readable).
         max_new_tokens: Greedy tokens per answer.
         examples_in_table: Example generations per condition written to the TensorBoard text tab.
-        eval_files: Held-out sets evaluated as well, each with the same limit and conditions: "narrative" (the
-            bundled hand-written file), "passages:val" / "passages:test" (the run's held-out passage genres) or
+        eval_files: Held-out sets evaluated as well, each with the same limit and conditions: "narrative" / "genres"
+            (the bundled hand-written files), "passages:val" / "passages:test" (the run's held-out passage genres) or
             a JSONL path of {context, question, answer}. Scalars go to eval/<set>/...; each evaluation's
             results JSON to <log dir>/eval/<set>-step<N>.json (a learning curve on prose unlike training).
     """

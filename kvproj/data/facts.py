@@ -804,9 +804,20 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return rows
 
 
+# The hand-written evaluation files packaged with kvproj, by the name `--eval_file` takes (kvproj/data/eval/README.md)
+BUNDLED_EVAL_FILES: dict[str, str] = {"narrative": "narrative_facts.jsonl", "genres": "genre_passages.jsonl"}
+
+
+def bundled_eval_path(name: str) -> Path:
+    """The packaged evaluation file called `name` (a key of `BUNDLED_EVAL_FILES`)."""
+    if name not in BUNDLED_EVAL_FILES:
+        raise ValueError(f"bundled eval file: got {name!r}; valid: {', '.join(BUNDLED_EVAL_FILES)}")
+    return Path(__file__).parent / "eval" / BUNDLED_EVAL_FILES[name]
+
+
 def narrative_eval_path() -> Path:
     """The packaged hand-written eval file: narrative prose, phrasing the facts templates never produce."""
-    return Path(__file__).parent / "eval" / "narrative_facts.jsonl"
+    return bundled_eval_path("narrative")
 
 
 __all__: list[str] = [
@@ -820,6 +831,8 @@ __all__: list[str] = [
     "generate_splits",
     "is_closed_value",
     "iter_train",
+    "BUNDLED_EVAL_FILES",
+    "bundled_eval_path",
     "narrative_eval_path",
     "people",
     "read_jsonl",

@@ -53,11 +53,17 @@ def load_examples(
         cfg = PassagesConfig(**(passages_options or {}))
         return [passage_example(cfg, which, i) for i in range(n)]
     if eval_file:
-        path = facts_data.narrative_eval_path() if eval_file == "narrative" else Path(eval_file)
+        bundled = facts_data.BUNDLED_EVAL_FILES
+        path = facts_data.bundled_eval_path(eval_file) if eval_file in bundled else Path(eval_file)
         if not path.is_file() and not (task == "lm" and path.is_dir()):
             raise FileNotFoundError(
                 f"--eval_file {eval_file}: no such file"
-                + ("" if task == "lm" else "; give a JSONL file of {context, question, answer} or 'narrative'")
+                + (
+                    ""
+                    if task == "lm"
+                    else "; give a JSONL file of {context, question, answer} or a bundled set: "
+                    + ", ".join(bundled)
+                )
             )
         if task == "lm":
             from kvproj.data.text import iter_local_texts, lm_example
@@ -209,7 +215,7 @@ def evaluate(
             source and target models that are loaded.
         task: "facts": generate answers (exact match, F1, answer NLL); "lm": perplexity of each text's second half
             given its first half (needs eval_file).
-        eval_file: JSONL of {"id"?, "context", "question", "answer"} ("narrative": the bundled file;
+        eval_file: JSONL of {"id"?, "context", "question", "answer"} ("narrative" / "genres": the bundled files;
             "passages:val" / "passages:test": 200 multi-genre passages of the genres the run held out from
             training, data.passages); for the lm
             task a .txt with one text per line or a .jsonl with "text". Default: the facts split of the run.

@@ -41,7 +41,7 @@ class FactsSweepSettings(ExperimentSettings):
             names the source and target models.
         reference: Also run every condition on the target's own cache of the context (same-model transfer):
             the reference for what the projector reaches.
-        eval_file: JSONL of {context, question, answer} ("narrative": the bundled file); default: the facts
+        eval_file: JSONL of {context, question, answer} ("narrative" / "genres": the bundled files); default: the facts
             split of the projector's run.
         split: Facts split when no eval_file is given (test, test_in_distribution, val).
         limit: Examples scored (the first N).
