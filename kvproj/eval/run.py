@@ -56,15 +56,13 @@ def load_examples(
         bundled = facts_data.BUNDLED_EVAL_FILES
         path = facts_data.bundled_eval_path(eval_file) if eval_file in bundled else Path(eval_file)
         if not path.is_file() and not (task == "lm" and path.is_dir()):
-            raise FileNotFoundError(
-                f"--eval_file {eval_file}: no such file"
-                + (
-                    ""
-                    if task == "lm"
-                    else "; give a JSONL file of {context, question, answer} or a bundled set: "
-                    + ", ".join(bundled)
-                )
+            sets = ", ".join(bundled)
+            valid = (
+                ""
+                if task == "lm"
+                else f"; give a JSONL file of {{context, question, answer}} or a bundled set: {sets}"
             )
+            raise FileNotFoundError(f"--eval_file {eval_file}: no such file{valid}")
         if task == "lm":
             from kvproj.data.text import iter_local_texts, lm_example
 
