@@ -34,7 +34,7 @@ def mix(answers: list[str]) -> dict[str, float]:
     return {k: round(counts[k] / len(answers), 3) for k in ANSWER_KINDS}
 
 
-def exact_match(rows: list[dict]) -> dict[str, dict[str, float]]:
+def scores_by_kind(rows: list[dict]) -> dict[str, dict[str, float]]:
     """Per answer kind: how many of a run's examples ask for it, the share it got right (exact match: the answer in
     the first line) and the share whose first line starts with the answer (`kvproj.eval.metrics.answer_first`)."""
     from kvproj.eval.metrics import answer_first
@@ -79,7 +79,7 @@ def answers_of(spec: str, limit: int, train_examples: int) -> list[str]:
     try:
         examples = load_examples("facts", spec, "test", None, limit)
     except (ValueError, FileNotFoundError) as error:
-        valid = f"narrative, passages:val, passages:test, a JSONL file of {{context, question, answer}}, {', '.join(TRAIN_SETS)}, run:GENERATIONS.jsonl"
+        valid = f"narrative, genres, passages:val, passages:test, a JSONL file of {{context, question, answer}}, {', '.join(TRAIN_SETS)}, run:GENERATIONS.jsonl"
         raise SystemExit(f"set {spec}: {error}; valid sets: {valid}") from None
     return [e["answer"] for e in examples[:limit]]
 
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "sets",
         nargs="+",
-        help=f"narrative, passages:val, passages:test, a JSONL file, {', '.join(TRAIN_SETS)}, run:GENERATIONS.jsonl",
+        help=f"narrative, genres, passages:val, passages:test, a JSONL file, {', '.join(TRAIN_SETS)}, run:GENERATIONS.jsonl",
     )
     parser.add_argument("--limit", type=int, default=100, help="first examples of each evaluation set")
     parser.add_argument("--train_examples", type=int, default=1500, help="training passages of each train: set")
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         if spec.startswith("run:"):
             rows = run_rows(spec, args.condition)
             answers = [r["answer"] for r in rows]
-            out["sets"][spec] = {"examples": len(answers), **mix(answers), "by_kind": exact_match(rows)}
+            out["sets"][spec] = {"examples": len(answers), **mix(answers), "by_kind": scores_by_kind(rows)}
         else:
             answers = answers_of(spec, args.limit, args.train_examples)
             out["sets"][spec] = {"examples": len(answers), **mix(answers)}
