@@ -79,6 +79,20 @@ def test_derangement_has_no_fixed_point():
         assert sorted(perm) == list(range(n)) and all(i != p for i, p in enumerate(perm))
 
 
+def test_derangement_by_context_never_hands_an_example_its_own_passage():
+    contexts = ["a", "a", "a", "b", "b", "c", "d", "e"]
+    for seed in range(20):
+        perm = derangement(len(contexts), seed, contexts)
+        assert sorted(perm) == list(range(len(contexts)))
+        assert all(contexts[i] != contexts[p] for i, p in enumerate(perm))
+    distinct = [str(i) for i in range(16)]
+    assert derangement(16, 3, distinct) == derangement(16, 3)  # distinct contexts: the permutation as before
+    with pytest.raises(ValueError, match=r"shuffled_source: 2 of the 2 examples of a batch share one context"):
+        derangement(2, 0, ["a", "a"])
+    with pytest.raises(ValueError, match=r"3 of the 5 examples"):
+        derangement(5, 0, ["a", "a", "a", "b", "c"])
+
+
 def _export(tmp_path, architecture: str, source: str, target: str):
     s, t = tiny(source), tiny(target)
     proj = build_projector(architecture, s.geometry, t.geometry)

@@ -316,6 +316,8 @@ def test_genre_passages_eval_file():
     assert len(rows) >= 60 and len({r["id"] for r in rows}) == len(rows)
     assert len({r["context"] for r in rows}) < len(rows)  # passages carry more than one question
     assert len({(r["context"], r["question"]) for r in rows}) == len(rows)
+    # the shuffled control deranges each evaluation batch by context: one passage's questions are spread out
+    assert all(a["context"] != b["context"] for a, b in zip(rows, rows[1:]))
     for r in rows:
         assert re.search(rf"(?<!\w){re.escape(r['answer'])}(?!\w)", r["context"]), r["id"]
         assert 1 <= len(r["answer"].split()) <= 3, r["id"]

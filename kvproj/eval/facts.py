@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
@@ -68,15 +69,26 @@ class EvalSettings:
             raise ValueError(f"conditions: unknown {unknown}; valid: {', '.join(CONDITIONS)}")
 
 
-def derangement(n: int, seed: int) -> list[int]:
-    """A seeded permutation with no fixed point (each example gets another example's cache)."""
+def derangement(n: int, seed: int, contexts: Sequence[str] | None = None) -> list[int]:
+    """A seeded permutation with no fixed point (each example gets another example's cache). With `contexts` (one
+    per example), no example gets the cache of an example with the same context either: an eval file that asks
+    several questions about one passage must not hand the shuffled control its own passage. With distinct
+    contexts the permutation is the same as without them."""
     if n < 2:
         return list(range(n))
+    keys = list(contexts) if contexts is not None else list(range(n))
+    largest = max(Counter(keys).values())
+    if largest > n - largest:
+        raise ValueError(
+            f"shuffled_source: {largest} of the {n} examples of a batch share one context, so no shuffle gives each "
+            "another context; valid: a batch where no context holds more than half of the examples (a larger "
+            "--batch_size, or fewer questions per passage)"
+        )
     rng = random.Random(seed)
     while True:
         perm = list(range(n))
         rng.shuffle(perm)
-        if all(i != p for i, p in enumerate(perm)):
+        if all(keys[i] != keys[p] for i, p in enumerate(perm)):
             return perm
 
 
@@ -240,7 +252,7 @@ class FactsEvaluator:
         if condition == "projected":
             return self._projected(batch, self.transfer, fresh_source=True), None
         if condition == "shuffled_source":
-            perm = derangement(len(raw), self.settings.seed)
+            perm = derangement(len(raw), self.settings.seed, [r.get("context", "") for r in raw])
             if self.fuse:
                 # the target keeps its own cache of THIS context; only the source's contribution comes from another
                 # example: what the fused cache gains without the right source is an adapter effect, not transfer
