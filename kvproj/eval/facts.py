@@ -252,7 +252,7 @@ class FactsEvaluator:
         if condition == "projected":
             return self._projected(batch, self.transfer, fresh_source=True), None
         if condition == "shuffled_source":
-            perm = derangement(len(raw), self.settings.seed, [r.get("context", "") for r in raw])
+            perm = derangement(len(raw), self.settings.seed, [r["context"] for r in raw])
             if self.fuse:
                 # the target keeps its own cache of THIS context; only the source's contribution comes from another
                 # example: what the fused cache gains without the right source is an adapter effect, not transfer
