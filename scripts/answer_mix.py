@@ -12,7 +12,7 @@ A set is an evaluation set as `python -m kvproj evaluate --eval_file` reads it (
 examples; or `train:GENRE_SET` (core, wide) or `train:GENRE_SET+balanced` (with `data.passages.answer_balance`): the
 first --train_examples TRAINING passages of that genre set, with the broad lexicon the default trains on; or
 `run:GENERATIONS.jsonl` (written by `python -m kvproj evaluate`): the answers of one condition's rows (--condition,
-default projected), all of them, with the exact match the run got on each kind.
+default projected), all of them but --exclude_ids, with the exact match the run got overall and on each kind.
 
     .venv/bin/python scripts/answer_mix.py run:RUN/generations.jsonl run:OTHER/generations.jsonl
 """
@@ -24,9 +24,11 @@ from collections import Counter
 
 from _output import add_output, check_output, write_output
 
+from kvproj.data.facts import BUNDLED_EVAL_FILES
 from kvproj.data.passages import ANSWER_KINDS, GENRE_SETS, PassagesConfig, answer_kind, passage_example
 
 TRAIN_SETS = [f"train:{g}{b}" for g in GENRE_SETS for b in ("", "+balanced")]
+EVAL_SETS = ", ".join([*BUNDLED_EVAL_FILES, "passages:val", "passages:test"])
 
 
 def mix(answers: list[str]) -> dict[str, float]:
@@ -79,7 +81,7 @@ def answers_of(spec: str, limit: int, train_examples: int) -> list[str]:
     try:
         examples = load_examples("facts", spec, "test", None, limit)
     except (ValueError, FileNotFoundError) as error:
-        valid = f"narrative, genres, passages:val, passages:test, a JSONL file of {{context, question, answer}}, {', '.join(TRAIN_SETS)}, run:GENERATIONS.jsonl"
+        valid = f"{EVAL_SETS}, a JSONL file of {{context, question, answer}}, {', '.join(TRAIN_SETS)}, run:GENERATIONS.jsonl"
         raise SystemExit(f"set {spec}: {error}; valid sets: {valid}") from None
     return [e["answer"] for e in examples[:limit]]
 
@@ -89,11 +91,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "sets",
         nargs="+",
-        help=f"narrative, genres, passages:val, passages:test, a JSONL file, {', '.join(TRAIN_SETS)}, run:GENERATIONS.jsonl",
+        help=f"{EVAL_SETS}, a JSONL file, {', '.join(TRAIN_SETS)}, run:GENERATIONS.jsonl",
     )
     parser.add_argument("--limit", type=int, default=100, help="first examples of each evaluation set")
     parser.add_argument("--train_examples", type=int, default=1500, help="training passages of each train: set")
     parser.add_argument("--condition", default="projected", help="the condition read from run: sets")
+    parser.add_argument(
+        "--exclude_ids",
+        nargs="+",
+        default=[],
+        metavar="ID",
+        help="example ids left out of run: sets (a subset check)",
+    )
     add_output(parser, "the shares")
     args = parser.parse_args(argv)
     for name in ("limit", "train_examples"):
@@ -101,11 +110,19 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"--{name}: got {getattr(args, name)}; valid: an int >= 1")
     check_output(args)
     out = {"limit": args.limit, "train_examples": args.train_examples, "condition": args.condition, "sets": {}}
+    if args.exclude_ids:
+        out["exclude_ids"] = args.exclude_ids
     for spec in args.sets:
         if spec.startswith("run:"):
-            rows = run_rows(spec, args.condition)
+            rows = [r for r in run_rows(spec, args.condition) if r["id"] not in args.exclude_ids]
             answers = [r["answer"] for r in rows]
-            out["sets"][spec] = {"examples": len(answers), **mix(answers), "by_kind": scores_by_kind(rows)}
+            correct = round(sum(r["correct"] for r in rows) / len(rows), 3) if rows else None
+            out["sets"][spec] = {
+                "examples": len(answers),
+                **mix(answers),
+                "exact_match": correct,
+                "by_kind": scores_by_kind(rows),
+            }
         else:
             answers = answers_of(spec, args.limit, args.train_examples)
             out["sets"][spec] = {"examples": len(answers), **mix(answers)}

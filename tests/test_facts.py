@@ -30,6 +30,7 @@ from kvproj.data.facts import (
     train_example,
     write_jsonl,
 )
+from kvproj.data.pairs import mention
 
 SMALL = FactsConfig(n_train_entities=400, n_val_entities=60, n_test_entities=80, n_train_examples=1500)
 REL = {r.name: r for r in RELATIONS}
@@ -319,7 +320,7 @@ def test_genre_passages_eval_file():
     # the shuffled control deranges each evaluation batch by context: one passage's questions are spread out
     assert all(a["context"] != b["context"] for a, b in zip(rows, rows[1:]))
     for r in rows:
-        assert re.search(rf"(?<!\w){re.escape(r['answer'])}(?!\w)", r["context"]), r["id"]
+        assert mention(r["context"], r["answer"]), r["id"]  # a whole-word span of its context
         assert 1 <= len(r["answer"].split()) <= 3, r["id"]
         assert r["question"].endswith("?"), r["id"]
     assert sum(r["answer"].replace(",", "").replace(".", "").isdigit() for r in rows) >= 10

@@ -247,6 +247,11 @@ def test_answer_mix_scores_a_run_by_answer_kind(tmp_path):
         "name_or_title": {"examples": 1, "exact_match": 1.0, "answer_first": 1.0},
         "common_words": {"examples": 1, "exact_match": 1.0, "answer_first": 1.0},
     }
+    assert got["exact_match"] == 0.8
+    assert answer_mix.main([f"run:{gen}", "--exclude_ids", "0", "2", "--output", str(out), "--overwrite"]) == 0
+    subset = json.loads(out.read_text())
+    assert subset["exclude_ids"] == ["0", "2"] and subset["sets"][f"run:{gen}"]["examples"] == 3
+    assert subset["sets"][f"run:{gen}"]["exact_match"] == 1.0
     with pytest.raises(
         SystemExit, match="--condition: no rows for 'oracle'.*conditions there: projected, target_alone"
     ):
