@@ -24,6 +24,12 @@ def test_exact_match_and_f1_on_constructed_cases():
     assert metrics.exact_match("Parisian food", "Paris") == 0.0  # whole words only
     assert metrics.exact_match("\nLyon", "Lyon") == 1.0  # leading newline is not the answer's end
     assert metrics.exact_match("Lyon", "") == 0.0
+    # currency signs and Unicode punctuation separate words like ASCII punctuation does
+    assert metrics.exact_match(" £133.50\nQuestion: next", "133.50") == 1.0
+    assert metrics.exact_match(" €40 and ¥900", "40") == 1.0 and metrics.exact_match(" ¥900", "900") == 1.0
+    assert metrics.exact_match(" the ferry—Marigold", "Marigold") == 1.0
+    assert metrics.exact_match(" “Marigold”…", "marigold") == 1.0
+    assert metrics.exact_match(" £1335", "133") == 0.0  # still whole words only
     assert metrics.token_f1("the red fox", "red") == pytest.approx(2 * (1 / 2) * 1 / (1 / 2 + 1))
     assert metrics.token_f1("blue", "red") == 0.0
     assert metrics.token_f1("red", "red") == 1.0

@@ -258,3 +258,30 @@ def test_answer_mix_scores_a_run_by_answer_kind(tmp_path):
         answer_mix.main([f"run:{gen}", "--condition", "oracle"])
     with pytest.raises(SystemExit, match="no such file; valid: run:GENERATIONS.jsonl"):
         answer_mix.main([f"run:{tmp_path / 'missing.jsonl'}"])
+
+
+def test_rescore_reports_what_a_metric_change_moves(tmp_path):
+    from kvproj.eval.generations import write_generations
+
+    rescore = _load("rescore")
+    runs = tmp_path / "runs" / "a"
+    runs.mkdir(parents=True)
+    rows = [
+        {"id": "1", "condition": "target_text", "generated": " £133.50\nQ", "answer": "133.50", "correct": False},
+        {"id": "2", "condition": "target_text", "generated": " Lyon", "answer": "Lyon", "correct": True},
+        {"id": "1", "condition": "projected", "generated": " 133", "answer": "133.50", "correct": False},
+    ]
+    write_generations(runs / "x-generations.jsonl", rows)
+    out = tmp_path / "rescore.json"
+    assert rescore.main([str(tmp_path / "runs"), "--changed_only", "--output", str(out)]) == 0
+    got = json.loads(out.read_text())
+    assert (got["files"], got["rows_moved"]) == (1, 1)
+    (scored,) = got["results"].values()
+    assert list(scored) == ["target_text"]  # the condition that did not move is left out with --changed_only
+    assert (scored["target_text"]["exact_match_written"], scored["target_text"]["exact_match_now"]) == (0.5, 1.0)
+    assert scored["target_text"]["moved"][0]["id"] == "1" and scored["target_text"]["moved"][0]["was"] is False
+    with pytest.raises(SystemExit, match="no such file or folder"):
+        rescore.main([str(tmp_path / "nope")])
+    write_generations(tmp_path / "bad-generations.jsonl", [{"id": "1", "condition": "projected"}])
+    with pytest.raises(SystemExit, match="needs"):
+        rescore.main([str(tmp_path / "bad-generations.jsonl")])

@@ -11,14 +11,23 @@ from collections.abc import Sequence
 
 import numpy as np
 
-_PUNCT = set(string.punctuation) | {"“", "”", "‘", "’", "«", "»"}
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 
 
+def _is_punct(ch: str) -> bool:
+    """ASCII punctuation, any Unicode punctuation (curly quotes, dashes, ellipsis, guillemets) and currency signs, so
+    "£133.50" scores as "133.50" and "word—word" as two words."""
+    if ch in string.punctuation:
+        return True
+    category = unicodedata.category(ch)
+    return category.startswith("P") or category == "Sc"
+
+
 def normalize(text: str) -> str:
-    """Lowercase, strip accents' compatibility forms, punctuation and articles, collapse whitespace."""
+    """Lowercase, fold compatibility forms (NFKC), turn punctuation and currency signs into spaces, drop articles,
+    collapse whitespace."""
     text = unicodedata.normalize("NFKC", text).lower()
-    text = "".join(" " if ch in _PUNCT else ch for ch in text)
+    text = "".join(" " if _is_punct(ch) else ch for ch in text)
     text = _ARTICLES.sub(" ", text)
     return " ".join(text.split())
 
