@@ -81,8 +81,10 @@ def answers_of(spec: str, limit: int, train_examples: int) -> list[str]:
     try:
         examples = load_examples("facts", spec, "test", None, limit)
     except (ValueError, FileNotFoundError) as error:
-        valid = f"{EVAL_SETS}, a JSONL file of {{context, question, answer}}, {', '.join(TRAIN_SETS)}, run:GENERATIONS.jsonl"
-        raise SystemExit(f"set {spec}: {error}; valid sets: {valid}") from None
+        # the evaluator's message names the eval sets; add the sets only this script reads
+        raise SystemExit(
+            f"set {spec}: {error}; or a training set ({', '.join(TRAIN_SETS)}) or run:GENERATIONS.jsonl"
+        ) from None
     return [e["answer"] for e in examples[:limit]]
 
 

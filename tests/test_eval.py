@@ -296,7 +296,8 @@ CHEAP_INPUT_CASES = {
     "eval file missing": (
         dict(eval_file="nope.jsonl"),
         FileNotFoundError,
-        "--eval_file .*nope.jsonl: no such file; give a JSONL file .* or a bundled set: narrative, genres",
+        "--eval_file .*nope.jsonl: no such file; give a JSONL file .*, a bundled set \\(narrative, genres\\) or "
+        "generated passages of held-out genres \\(passages:val, passages:test\\)",
     ),
     "eval file bad": (dict(eval_file="BAD"), EvalFileError, r"bad.jsonl:2: "),
     "output exists": (dict(output="EXISTS"), FileExistsError, "pass --overwrite to replace them"),

@@ -60,7 +60,8 @@ def load_examples(
             valid = (
                 ""
                 if task == "lm"
-                else f"; give a JSONL file of {{context, question, answer}} or a bundled set: {sets}"
+                else f"; give a JSONL file of {{context, question, answer}}, a bundled set ({sets}) or generated "
+                f"passages of held-out genres ({PASSAGES_PREFIX}val, {PASSAGES_PREFIX}test)"
             )
             raise FileNotFoundError(f"--eval_file {eval_file}: no such file{valid}")
         if task == "lm":
