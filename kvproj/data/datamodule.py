@@ -162,7 +162,8 @@ class KVPairDataModule(L.LightningDataModule):
         answer_follow: Characters of the context that follow the answer's first whole-word mention (through the
             first line break), scored after each training answer like answer_end: the target learns from the
             projected cache what comes after the answer in the text ("DEW-6716, which" rather than
-            "DEW-67165565..."). 0: off. Training and validation only; not with answer_end.
+            "DEW-67165565..."). 0: off (configs/default.yaml: 12). Training and validation only; not with
+            answer_end. The text is tokenized on its own and may end inside a word.
         batch_size: Training examples per step.
         val_batch_size: Validation examples per batch.
         val_examples: Held-out validation examples (facts: entities never seen in training; text: a seeded

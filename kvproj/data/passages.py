@@ -846,9 +846,11 @@ class PassagesConfig:
         genre_set: Genres TRAINING passages are drawn from. "core": the 18 original genres, less the held-out ones.
             "wide": also seven more (obituary, interview, lost_and_found, club_newsletter, museum_label,
             incident_report, story) that name shops, inns, boats, bands and paintings with titles made of common
-            words ("The Amber Kettle", "Copper & Sage"). The held-out genres are the same either way. Off by
-            default: over three training streams it traded the held-out genres' numbers and codes (0.36 -> 0.24)
-            for the narrative file's names and titles (0.33 -> 0.38) (docs/evaluation.md, "Wider genres").
+            words ("The Amber Kettle", "Copper & Sage"). The held-out genres are the same either way. Alone, over
+            three training streams, it traded the held-out genres' numbers and codes (0.36 -> 0.24) for the
+            narrative file's names and titles (0.33 -> 0.38) (docs/evaluation.md, "Wider genres"); with
+            data.answer_follow 12 it is configs/default.yaml's setting (docs/evaluation.md, "Wide genres and what
+            follows the answer"). The class default stays "core", so older configs keep their stream.
         answer_balance: Draw a TRAINING passage's question by kind of answer first (`answer_kind`: number, code, name
             or title, common words), each kind the passage offers equally likely, then one of its questions of that
             kind. The passage is unchanged; validation and test passages keep their questions. Raises numbers and
