@@ -5,7 +5,7 @@ A row may merge several results files of the same examples (same eval set, n, so
 references of one run with the projected cache of another: `FILE@cond+cond` takes only those conditions of FILE;
 a condition taken from two files must agree.
 
-    python scripts/pairs_table.py "LABEL=results.json[@cond+cond][,more.json[@...]]" ... [--json table.json]
+    python scripts/pairs_table.py "LABEL=results.json[@cond+cond][,more.json[@...]]" ... [--json table.json [--overwrite]]
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import json
 import sys
 from pathlib import Path
 
+from kvproj.atomic import atomic_write
 from kvproj.eval.metrics import gap_closed
 
 CONDITIONS = ("target_alone", "target_text", "source_text", "projected", "shuffled_source", "text_to_text")
@@ -25,6 +26,8 @@ def merge(files: list[str]) -> dict:
     merged: dict = {"files": files, "conditions": {}}
     for item in files:
         f, _, only = item.partition("@")
+        if not Path(f).is_file():
+            sys.exit(f"{f}: no such results file; give results.json files written by `kvproj evaluate`")
         r = json.loads(Path(f).read_text())
         wanted = set(only.split("+")) if only else set(r["conditions"])
         if wanted - set(r["conditions"]):
@@ -74,8 +77,11 @@ def row(label: str, merged: dict) -> tuple[str, dict]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("rows", nargs="+", help="LABEL=results.json[@cond+cond][,more.json...]")
-    ap.add_argument("--json", help="also write the rows as JSON here")
+    ap.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     args = ap.parse_args(argv)
+    if args.json is not None and args.json.exists() and not args.overwrite:
+        sys.exit(f"--json: {args.json} exists; pass --overwrite to replace it")
     header = ["pair", "eval set", "n", "floor", "oracle", "source reads text", "projected [95% CI]", "shuffled",
               "text-to-text", "gap closed", "projected - text-to-text"]  # fmt: skip
     print("| " + " | ".join(header) + " |")
@@ -89,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         print(line)
         out.append(summary)
     if args.json:
-        Path(args.json).write_text(json.dumps({"command": " ".join(sys.argv), "rows": out}, indent=1) + "\n")
+        command = " ".join(["scripts/pairs_table.py", *(sys.argv[1:] if argv is None else argv)])
+        atomic_write(args.json, json.dumps({"command": command, "rows": out}, indent=1) + "\n")
     return 0
 
 

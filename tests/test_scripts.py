@@ -285,3 +285,32 @@ def test_rescore_reports_what_a_metric_change_moves(tmp_path):
     write_generations(tmp_path / "bad-generations.jsonl", [{"id": "1", "condition": "projected"}])
     with pytest.raises(SystemExit, match="needs"):
         rescore.main([str(tmp_path / "bad-generations.jsonl")])
+
+
+def test_pairs_table_merges_files_of_one_row_and_keeps_an_existing_json(tmp_path, capsys):
+    pairs_table = _load("pairs_table")
+
+    def results(name: str, em: dict[str, float]) -> str:
+        conditions = {k: {"exact_match": v, "ci95": {"exact_match": [v - 0.1, v + 0.1]}} for k, v in em.items()}
+        path = tmp_path / name
+        path.write_text(json.dumps({"eval_set": "narrative", "n": 10, "source": "s", "target": "t",
+                                    "conditions": conditions}))  # fmt: skip
+        return str(path)
+
+    refs = results("refs.json", {"target_alone": 0.0, "target_text": 0.8, "text_to_text": 0.2, "projected": 0.1})
+    run = results("run.json", {"projected": 0.5, "shuffled_source": 0.0})
+    out = tmp_path / "table.json"
+    assert (
+        pairs_table.main([f"s -> t={refs}@target_alone+target_text+text_to_text,{run}", "--json", str(out)]) == 0
+    )
+    (summary,) = json.loads(out.read_text())["rows"]
+    assert summary["label"] == "s -> t"
+    assert summary["exact_match"]["projected"] == 0.5  # the refs file's projected is not taken
+    assert summary["gap_closed"] == pytest.approx(0.625) and summary["over_text_to_text"] == pytest.approx(0.3)
+    assert "| **0.50** [0.40, 0.60] | 0.00 | 0.20 | 0.62 | +0.30 |" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="exists; pass --overwrite"):
+        pairs_table.main([f"A={run}", "--json", str(out)])
+    with pytest.raises(SystemExit, match="has no condition"):
+        pairs_table.main([f"A={run}@text_to_text"])
+    with pytest.raises(SystemExit, match="no such results file"):
+        pairs_table.main([f"A={tmp_path / 'nope.json'}"])
