@@ -100,7 +100,8 @@ def resolve_projector(argv: list[str]) -> list[str]:
 
 def resolve_configs(argv: list[str]) -> list[str]:
     """`--config NAME` that is not a file but names a shipped config (`--config smoke`) becomes that file; no
-    `--config` at all means the shipped default run. Fails with a message if neither exists."""
+    `--config` at all means the shipped default run (so `fit --print_config` prints what `fit` runs). Fails with a
+    message if neither exists."""
     out, values = option_values(argv, ("--config", "-c"))
     for i in values:
         value = out[i]
@@ -113,9 +114,7 @@ def resolve_configs(argv: list[str]) -> list[str]:
                 f"--config {value}: no such file, and no shipped config of that name ({names})"
             )
         out[i] = str(found)
-    if not values and not any(
-        a in ("-h", "--help", "--print_config") or a.startswith("--print_config=") for a in out
-    ):
+    if not values and not any(a in ("-h", "--help") for a in out):  # --print_config: the config `fit` would run
         default = packaged_config("default")
         if default is None:
             raise FileNotFoundError(

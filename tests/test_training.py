@@ -130,6 +130,17 @@ def test_every_config_parses(config):
     assert "python -m kvproj" in config.read_text().split("\nrun:")[0]  # ... and how to run it
 
 
+def test_print_config_without_config_prints_the_default_run():
+    from kvproj.cli import main
+
+    out = io.StringIO()
+    with redirect_stdout(out), pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--print_config"])
+    assert exit_info.value.code in (0, None)
+    text = out.getvalue()
+    assert "name: default" in text and "genre_set: wide" in text and "answer_follow: 12" in text
+
+
 def _print_config(*args: str) -> str:
     from kvproj.cli import main
 
