@@ -109,13 +109,21 @@ class Material:
         seed: int,
         broad: Lexicon | None = None,
         words: WordPools | None = None,
+        frames: random.Random | None = None,
     ) -> None:
         self.rng, self.split, self.seed = rng, split, seed
         self.broad = broad  # training material only: `PassagesConfig.lexicon`
         self.words = words  # training material only: `PassagesConfig.words`
+        self.frames = frames  # training material only: `PassagesConfig.phrasings`
         self._used: set[str] = set()
         self.names: list[str] = []  # every person, first name, place and organization drawn, in draw order
         self.people: list[str] = []  # the full names among them (`person`), in draw order
+
+    def frame(self, *texts: str) -> str:
+        """One phrasing of a passage, given all of them (every one states the same facts, so the genre's questions
+        hold for each): the first unless `PassagesConfig.phrasings` is "varied", then one drawn from the passage's
+        own seeded stream, which leaves every value the passage drew unchanged."""
+        return texts[0] if self.frames is None else texts[self.frames.randrange(len(texts))]
 
     def _fresh(self, make: Callable[[], str]) -> str:
         for _ in range(200):
@@ -295,10 +303,21 @@ def genre(name: str, *, wide: bool = False):
 def _news(m: Material) -> tuple[str, list[QA]]:
     town, rival, mayor, org = m.place(), m.place(), m.person(), m.org()
     cost, other_cost, day = m.price(), m.price(), m.weekday()
-    text = (
-        f"{town.upper()} - The council of {town} voted on {day} to rebuild the old footbridge, a project led by "
-        f"{org}. Mayor {mayor} said the work would cost {cost}, far less than the {other_cost} spent by "
-        f"neighbouring {rival} on its own bridge last year."
+    text = m.frame(
+        (
+            f"{town.upper()} - The council of {town} voted on {day} to rebuild the old footbridge, a project led by "
+            f"{org}. Mayor {mayor} said the work would cost {cost}, far less than the {other_cost} spent by "
+            f"neighbouring {rival} on its own bridge last year."
+        ),
+        (
+            f"Footbridge to be rebuilt\nThe council of {town} agreed on {day} to replace the old footbridge. {org} will lead "
+            f"the work, which Mayor {mayor} expects to cost {cost}. Last year neighbouring {rival} spent {other_cost} on a "
+            f"bridge of its own."
+        ),
+        (
+            f"Council approves bridge plan ({town}, {day}). Cost: {cost}, according to Mayor {mayor}. Project lead: {org}. "
+            f"For comparison, {rival} paid {other_cost} for its own bridge last year."
+        ),
     )
     return text, [
         (("Which company leads the footbridge project?", f"Who is leading the bridge work in {town}?"), org),
@@ -312,10 +331,21 @@ def _news(m: Material) -> tuple[str, list[QA]]:
 def _email(m: Material) -> tuple[str, list[QA]]:
     sender, boss, colleague = m.person(), m.person(), m.first()
     room, other_room, time, code = m.room(), m.room(), m.time(), m.code()
-    text = (
-        f"From: {sender}\nTo: {boss}\nSubject: Friday review\n\nHi,\nthe review moved from {other_room} to {room} "
-        f"and now starts at {time}. {colleague} will bring the printed reports. Please quote ticket {code} when "
-        f"you book the projector.\nThanks,\n{sender.split()[0]}"
+    text = m.frame(
+        (
+            f"From: {sender}\nTo: {boss}\nSubject: Friday review\n\nHi,\nthe review moved from {other_room} to {room} "
+            f"and now starts at {time}. {colleague} will bring the printed reports. Please quote ticket {code} when "
+            f"you book the projector.\nThanks,\n{sender.split()[0]}"
+        ),
+        (
+            f"Subject: Friday review - new room\nFrom: {sender}\nTo: {boss}\n\nQuick update: we are no longer in "
+            f"{other_room}. The review is in {room}, starting {time}. Book the projector under ticket {code}. {colleague} "
+            f"has the printed reports.\n- {sender.split()[0]}"
+        ),
+        (
+            f"{boss},\n\njust so you know, Friday's review starts at {time} in {room} (not {other_room} any more). "
+            f"{colleague} is bringing the printed reports, and the projector booking needs ticket {code}.\n\nBest,\n{sender}"
+        ),
     )
     return text, [
         (("Who sent the email?", "Who wrote this message?"), sender),
@@ -333,10 +363,20 @@ def _email(m: Material) -> tuple[str, list[QA]]:
 def _notes(m: Material) -> tuple[str, list[QA]]:
     chair, a, b = m.person(), m.first(), m.first()
     budget, date, org, n = m.price(), m.date(), m.org(), m.count_word()
-    text = (
-        f"Minutes - planning meeting, chaired by {chair}.\n- Budget for the spring fair approved: {budget}.\n"
-        f"- {a} to call {org} about the tents ({n} needed).\n- {b} will draft the poster.\n"
-        f"- Next meeting: {date}."
+    text = m.frame(
+        (
+            f"Minutes - planning meeting, chaired by {chair}.\n- Budget for the spring fair approved: {budget}.\n"
+            f"- {a} to call {org} about the tents ({n} needed).\n- {b} will draft the poster.\n"
+            f"- Next meeting: {date}."
+        ),
+        (
+            f"Planning meeting notes. Chair: {chair}. Agreed: a budget of {budget} for the spring fair. Actions: {a} will "
+            f"phone {org} about hiring {n} tents; {b} will draft the poster. We meet again on {date}."
+        ),
+        (
+            f"MINUTES\nPresent: {chair} (chair), {a}, {b}\n1. Spring fair budget: {budget}, approved.\n2. Tents: {n} "
+            f"needed; {a} to call {org}.\n3. Poster: {b} to draft it.\nNext meeting {date}."
+        ),
     )
     return text, [
         (("Who chaired the meeting?", "Who was in the chair at the planning meeting?"), chair),
@@ -352,9 +392,19 @@ def _notes(m: Material) -> tuple[str, list[QA]]:
 def _recipe(m: Material) -> tuple[str, list[QA]]:
     cook, f1, f2, f3 = m.person(), m.food(), m.food(), m.food()
     minutes, temp, n = m.number(10, 90), m.number(150, 240), m.count_word()
-    text = (
-        f"{cook}'s winter stew (serves {n})\nSoften the {f1} in oil, add the {f2} and a pinch of {f3}, then "
-        f"cover and bake at {temp} degrees for {minutes} minutes."
+    text = m.frame(
+        (
+            f"{cook}'s winter stew (serves {n})\nSoften the {f1} in oil, add the {f2} and a pinch of {f3}, then "
+            f"cover and bake at {temp} degrees for {minutes} minutes."
+        ),
+        (
+            f"From the kitchen of {cook}: a winter stew for {n}. Warm some oil and soften the {f1}. Stir in the {f2}, "
+            f"season with a pinch of {f3}, cover, and bake for {minutes} minutes at {temp} degrees."
+        ),
+        (
+            f"WINTER STEW - {cook}\nServes: {n}\nOven: {temp} degrees\nTime: {minutes} minutes\n1. Soften the {f1} in "
+            f"oil.\n2. Add the {f2} and a pinch of {f3}.\n3. Cover and bake."
+        ),
     )
     return text, [
         (("How many people does the stew serve?", "The stew serves how many?"), n),
@@ -369,9 +419,19 @@ def _recipe(m: Material) -> tuple[str, list[QA]]:
 def _listing(m: Material) -> tuple[str, list[QA]]:
     item, other, seller = m.thing(), m.thing(), m.person()
     price, other_price, street, phone = m.price(), m.price(), m.street(), m.number(1000, 9999)
-    text = (
-        f"FOR SALE: {item}, barely used, {price}. Also {_a(other)} for {other_price}. Collect from {street}. "
-        f"Ask for {seller}, evenings only, extension {phone}."
+    text = m.frame(
+        (
+            f"FOR SALE: {item}, barely used, {price}. Also {_a(other)} for {other_price}. Collect from {street}. "
+            f"Ask for {seller}, evenings only, extension {phone}."
+        ),
+        (
+            f"For sale, hardly used: {item}, {price}. I also have {_a(other)} at {other_price}. Pick-up only, from "
+            f"{street}. Call {seller} on extension {phone}, evenings."
+        ),
+        (
+            f"Selling: {item} ({price}) and {_a(other)} ({other_price}). Both at {street}. Evenings only: ask for "
+            f"{seller}, ext. {phone}."
+        ),
     )
     return text, [
         ((f"How much is the {item}?", f"What is the asking price for the {item}?"), price),
@@ -386,9 +446,19 @@ def _listing(m: Material) -> tuple[str, list[QA]]:
 def _dialogue(m: Material) -> tuple[str, list[QA]]:
     a, b, c = m.first(), m.first(), m.first()
     place, time, thing = m.place(), m.time(), m.thing()
-    text = (
-        f"{a}: Are we still taking the train to {place} tomorrow?\n{b}: Yes, the {time} one. {c} can't come, "
-        f"she's working.\n{a}: Then I'll bring the {thing} myself.\n{b}: Great, see you at the platform."
+    text = m.frame(
+        (
+            f"{a}: Are we still taking the train to {place} tomorrow?\n{b}: Yes, the {time} one. {c} can't come, "
+            f"she's working.\n{a}: Then I'll bring the {thing} myself.\n{b}: Great, see you at the platform."
+        ),
+        (
+            f"{b}: The {time} train to {place} is booked for tomorrow.\n{a}: Is {c} coming?\n{b}: No, she's working.\n"
+            f"{a}: Fine, I'll bring the {thing} to the platform myself then."
+        ),
+        (
+            f"{a}: Still on for {place} tomorrow?\n{b}: Yes, we're getting the {time} train. {c} has to work, so it's just "
+            f"us.\n{a}: Then I'll bring the {thing}. See you on the platform."
+        ),
     )
     return text, [
         (("Where are they taking the train to?", "What is the destination of the train trip?"), place),
@@ -402,9 +472,19 @@ def _dialogue(m: Material) -> tuple[str, list[QA]]:
 def _diary(m: Material) -> tuple[str, list[QA]]:
     friend, place, thing, n = m.person(), m.place(), m.thing(), m.count_word()
     date, role = m.date(), m.role()
-    text = (
-        f"{date}. Rain all morning. Walked to {place} with {friend}, who is training to be {_a(role)}. We found "
-        f"{_a(thing)} at the market and argued about it for {n} hours. I bought it anyway."
+    text = m.frame(
+        (
+            f"{date}. Rain all morning. Walked to {place} with {friend}, who is training to be {_a(role)}. We found "
+            f"{_a(thing)} at the market and argued about it for {n} hours. I bought it anyway."
+        ),
+        (
+            f"{date} - wet morning. {friend} and I walked over to {place}; {friend.split()[0]} is training to be "
+            f"{_a(role)} now. At the market we argued for {n} hours about {_a(thing)}, and in the end I bought it."
+        ),
+        (
+            f"Diary, {date}. It rained until noon, then I walked to {place}. {friend} came too (training as {_a(role)}, "
+            f"apparently). Found {_a(thing)} at the market, argued about it for {n} hours, bought it anyway."
+        ),
     )
     return text, [
         (("Where did the writer walk to?", "Which place did they walk to?"), place),
@@ -419,9 +499,19 @@ def _diary(m: Material) -> tuple[str, list[QA]]:
 def _announcement(m: Material) -> tuple[str, list[QA]]:
     org, speaker, place, date, time = m.org(), m.person(), m.street(), m.date(), m.time()
     topic = m.thing()
-    text = (
-        f"PUBLIC TALK. {org} invites everyone to an evening with {speaker}, who will speak about restoring the "
-        f"{topic}. {date}, doors open at {time}, at {place}. Entry is free."
+    text = m.frame(
+        (
+            f"PUBLIC TALK. {org} invites everyone to an evening with {speaker}, who will speak about restoring the "
+            f"{topic}. {date}, doors open at {time}, at {place}. Entry is free."
+        ),
+        (
+            f"{org} presents an evening with {speaker} on restoring the {topic}.\nDate: {date}\nDoors: {time}\n"
+            f"Venue: {place}\nFree entry, all welcome."
+        ),
+        (
+            f"Everyone is welcome at {place} on {date}, when {speaker} will talk about restoring the {topic}. The "
+            f"evening is hosted by {org}; doors open at {time} and entry is free."
+        ),
     )
     return text, [
         (("Who is giving the public talk?", "Who will speak at the event?"), speaker),
@@ -444,9 +534,19 @@ def _log(m: Material) -> tuple[str, list[QA]]:
     )
     t1, t2 = sorted((t1, t2), key=lambda t: int(t.replace(":", "")))
     port = m.number(1024, 9000)
-    text = (
-        f"[{t1}] INFO  user {user} logged in on {host}\n[{t1}] WARN  disk on {other} at 91%\n"
-        f"[{t2}] ERROR job {code} failed on {host}: connection refused on port {port}"
+    text = m.frame(
+        (
+            f"[{t1}] INFO  user {user} logged in on {host}\n[{t1}] WARN  disk on {other} at 91%\n"
+            f"[{t2}] ERROR job {code} failed on {host}: connection refused on port {port}"
+        ),
+        (
+            f"{t1} {host} sshd: session opened for user {user}\n{t1} {other} monitor: disk usage 91%\n"
+            f"{t2} {host} scheduler: job {code} FAILED (connection refused on port {port})"
+        ),
+        (
+            f"level=info time={t1} host={host} msg=login user={user}\nlevel=warn time={t1} host={other} msg='disk at 91%'\n"
+            f"level=error time={t2} host={host} job={code} msg='connection refused' port={port}"
+        ),
     )
     return text, [
         (("Which job failed?", "What is the ID of the failed job?"), code),
@@ -460,9 +560,19 @@ def _log(m: Material) -> tuple[str, list[QA]]:
 @genre("review")
 def _review(m: Material) -> tuple[str, list[QA]]:
     shop, reviewer, thing, n, price = m.org(), m.person(), m.thing(), m.count_word(), m.price()
-    text = (
-        f"Review by {reviewer}: I ordered {_a(thing)} from {shop} for {price}. It arrived after {n} days, well "
-        f"packed. Would buy again, although the instructions were only in Finnish."
+    text = m.frame(
+        (
+            f"Review by {reviewer}: I ordered {_a(thing)} from {shop} for {price}. It arrived after {n} days, well "
+            f"packed. Would buy again, although the instructions were only in Finnish."
+        ),
+        (
+            f"Four stars from {reviewer}. Bought {_a(thing)} from {shop} for {price}. It took {n} days to arrive but "
+            f"was packed well. The instructions were only in Finnish; otherwise happy and would order again."
+        ),
+        (
+            f'"Would buy again." {shop} sold me {_a(thing)} for {price}, and it came {n} days later, carefully '
+            f"packed. Only complaint: the instructions were in Finnish. - {reviewer}"
+        ),
     )
     return text, [
         (("What did the reviewer order?", "Which item was ordered?"), thing),
@@ -477,9 +587,19 @@ def _review(m: Material) -> tuple[str, list[QA]]:
 def _itinerary(m: Material) -> tuple[str, list[QA]]:
     a, b, c, hotel = m.place(), m.place(), m.place(), m.org()
     flight, t1, t2 = m.code(), m.time(), m.time()
-    text = (
-        f"Day 1: flight {flight} to {a}, departs {t1}. Night at the {hotel}.\nDay 2: bus to {b}; lunch by the "
-        f"river.\nDay 3: ferry to {c}, leaves {t2} sharp."
+    text = m.frame(
+        (
+            f"Day 1: flight {flight} to {a}, departs {t1}. Night at the {hotel}.\nDay 2: bus to {b}; lunch by the "
+            f"river.\nDay 3: ferry to {c}, leaves {t2} sharp."
+        ),
+        (
+            f"Your trip\nDay 1 - flight {flight} to {a}, departing {t1}; overnight at the {hotel}\nDay 2 - bus to {b}, "
+            f"lunch by the river\nDay 3 - the {t2} ferry to {c}"
+        ),
+        (
+            f"On day 1 you fly to {a} on flight {flight} at {t1} and sleep at the {hotel}. Day 2 takes you by bus to {b} "
+            f"for lunch by the river, and on day 3 the ferry to {c} leaves at {t2} sharp."
+        ),
     )
     return text, [
         (("What is the flight number?", "Which flight is taken on day 1?"), flight),
@@ -494,10 +614,20 @@ def _itinerary(m: Material) -> tuple[str, list[QA]]:
 def _sports(m: Material) -> tuple[str, list[QA]]:
     home, away, scorer, keeper = m.place(), m.place(), m.person(), m.person()
     g1, g2, minute = m.number(0, 6), m.number(0, 6), m.number(2, 90)
-    text = (
-        f"{home} beat {away} {max(g1, g2, key=int)}-{min(g1, g2, key=int)} on Saturday. {scorer} scored the "
-        f"decisive goal after {minute} minutes, "
-        f"and {keeper} saved a penalty just before half time."
+    text = m.frame(
+        (
+            f"{home} beat {away} {max(g1, g2, key=int)}-{min(g1, g2, key=int)} on Saturday. {scorer} scored the "
+            f"decisive goal after {minute} minutes, "
+            f"and {keeper} saved a penalty just before half time."
+        ),
+        (
+            f"Saturday: {home} {max(g1, g2, key=int)}, {away} {min(g1, g2, key=int)}. {keeper} saved a penalty just "
+            f"before half time, and {scorer} scored the decisive goal after {minute} minutes."
+        ),
+        (
+            f"Match report (Saturday). {away} lost {max(g1, g2, key=int)}-{min(g1, g2, key=int)} at {home}. The "
+            f"decisive goal came from {scorer} after {minute} minutes; {keeper} had saved a penalty before the break."
+        ),
     )
     return text, [
         (("Who scored the decisive goal?", "Which player scored the winning goal?"), scorer),
@@ -511,9 +641,19 @@ def _sports(m: Material) -> tuple[str, list[QA]]:
 def _letter(m: Material) -> tuple[str, list[QA]]:
     writer, aunt, place, thing, pet = m.first(), m.first(), m.place(), m.thing(), m.first()
     year = m.year()
-    text = (
-        f"Dear {aunt},\nWe finally moved to {place}. The house was built in {year} and the previous owners left "
-        f"us {_a(thing)} in the attic. Our cat {pet} refuses to go upstairs.\nWith love,\n{writer}"
+    text = m.frame(
+        (
+            f"Dear {aunt},\nWe finally moved to {place}. The house was built in {year} and the previous owners left "
+            f"us {_a(thing)} in the attic. Our cat {pet} refuses to go upstairs.\nWith love,\n{writer}"
+        ),
+        (
+            f"Dear {aunt},\nWe're in! The new house in {place} dates from {year}, and whoever lived here before left "
+            f"{_a(thing)} in the attic. {pet}, the cat, won't go upstairs.\nLove,\n{writer}"
+        ),
+        (
+            f"{aunt} -\nnews: we've moved to {place}. Built in {year}, the house came with {_a(thing)} in the attic, "
+            f"left by the previous owners. Our cat {pet} is refusing to go upstairs.\nAll my love, {writer}"
+        ),
     )
     return text, [
         (("Where did they move to?", "Which town is the new house in?"), place),
@@ -528,9 +668,19 @@ def _letter(m: Material) -> tuple[str, list[QA]]:
 def _lab(m: Material) -> tuple[str, list[QA]]:
     who, sample, other, temp, minutes = m.first(), m.code(), m.code(), m.number(4, 95), m.number(5, 120)
     reagent = m.food()
-    text = (
-        f"Exp. 14 ({who}). Sample {sample} heated to {temp} C for {minutes} min, then mixed with {reagent} "
-        f"extract. Colour change seen only in {sample}; control {other} unchanged."
+    text = m.frame(
+        (
+            f"Exp. 14 ({who}). Sample {sample} heated to {temp} C for {minutes} min, then mixed with {reagent} "
+            f"extract. Colour change seen only in {sample}; control {other} unchanged."
+        ),
+        (
+            f"{who}, exp. 14: heated sample {sample} ({temp} C, {minutes} min), mixed in {reagent} extract: colour "
+            f"change. Control {other}: no change."
+        ),
+        (
+            f"Experiment 14, run by {who}. We heated sample {sample} to {temp} C for {minutes} min before adding "
+            f"{reagent} extract; it changed colour, while the control, {other}, did not."
+        ),
     )
     return text, [
         (("Which sample changed colour?", "In which sample was a colour change seen?"), sample),
@@ -544,9 +694,19 @@ def _lab(m: Material) -> tuple[str, list[QA]]:
 @genre("faq")
 def _faq(m: Material) -> tuple[str, list[QA]]:
     org, desk, time, t2, price, phone = m.org(), m.street(), m.time(), m.time(), m.price(), m.number(100, 999)
-    text = (
-        f"FAQ - {org}\nQ: When do you open? A: Every weekday at {time}, Saturdays at {t2}.\nQ: Where do I collect "
-        f"parcels? A: At the side desk, {desk}.\nQ: Is there a fee? A: Yes, {price} per year. Call line {phone}."
+    text = m.frame(
+        (
+            f"FAQ - {org}\nQ: When do you open? A: Every weekday at {time}, Saturdays at {t2}.\nQ: Where do I collect "
+            f"parcels? A: At the side desk, {desk}.\nQ: Is there a fee? A: Yes, {price} per year. Call line {phone}."
+        ),
+        (
+            f"{org}: common questions\nOpening hours? Weekdays from {time}, Saturdays from {t2}.\nParcels? Collect them "
+            f"at the side desk, {desk}.\nFees? {price} a year; questions to line {phone}."
+        ),
+        (
+            f"Frequently asked at {org}:\n- We open at {time} every weekday and at {t2} on Saturdays.\n- Parcels wait at "
+            f"the side desk ({desk}).\n- The yearly fee is {price}. Call line {phone}."
+        ),
     )
     return text, [
         (("When do they open on weekdays?", "What time do they open every weekday?"), time),
@@ -560,9 +720,19 @@ def _faq(m: Material) -> tuple[str, list[QA]]:
 @genre("shipping_notice")
 def _shipping(m: Material) -> tuple[str, list[QA]]:
     who, code, other_code, day, depot, courier = m.person(), m.code(), m.code(), m.weekday(), m.place(), m.org()
-    text = (
-        f"Dear {who}, parcel {code} is out for delivery with {courier} and will arrive on {day}. Parcel "
-        f"{other_code} is held at the {depot} depot until you confirm your address."
+    text = m.frame(
+        (
+            f"Dear {who}, parcel {code} is out for delivery with {courier} and will arrive on {day}. Parcel "
+            f"{other_code} is held at the {depot} depot until you confirm your address."
+        ),
+        (
+            f"Delivery update for {who}\nParcel {code}: with {courier}, arriving {day}.\nParcel {other_code}: held at "
+            f"the {depot} depot - please confirm your address."
+        ),
+        (
+            f"Hello {who}. {courier} will bring parcel {code} on {day}. We are holding parcel {other_code} at our {depot} "
+            f"depot until you confirm your address."
+        ),
     )
     return text, [
         ((f"When will parcel {code} arrive?", "On which day will the parcel arrive?"), day),
@@ -575,9 +745,19 @@ def _shipping(m: Material) -> tuple[str, list[QA]]:
 @genre("biography")
 def _biography(m: Material) -> tuple[str, list[QA]]:
     who, place, role, year, org, thing = m.person(), m.place(), m.role(), m.year(), m.org(), m.thing()
-    text = (
-        f"{who} grew up in {place} and worked as {_a(role)} before joining {org} in {year}. Friends remember "
-        f"that {who.split()[0]} always carried {_a(thing)}."
+    text = m.frame(
+        (
+            f"{who} grew up in {place} and worked as {_a(role)} before joining {org} in {year}. Friends remember "
+            f"that {who.split()[0]} always carried {_a(thing)}."
+        ),
+        (
+            f"Born and raised in {place}, {who} worked as {_a(role)} until {year}, when {who.split()[0]} joined {org}. "
+            f"Friends say {who.split()[0]} always carried {_a(thing)}."
+        ),
+        (
+            f"{who} ({org} since {year}). Grew up in {place}; worked as {_a(role)} before that. Known for always "
+            f"carrying {_a(thing)}."
+        ),
     )
     return text, [
         ((f"Where did {who} grow up?", f"Which town is {who} from?"), place),
@@ -597,9 +777,19 @@ def _weather(m: Material) -> tuple[str, list[QA]]:
         m.number(5, 80),
         m.weekday(),
     )
-    text = (
-        f"Forecast for {day}: sunny spells in {a} with a high of {t1} degrees; {b} stays cloudy at {t2} degrees, "
-        f"with gusts up to {wind} km/h in the afternoon."
+    text = m.frame(
+        (
+            f"Forecast for {day}: sunny spells in {a} with a high of {t1} degrees; {b} stays cloudy at {t2} degrees, "
+            f"with gusts up to {wind} km/h in the afternoon."
+        ),
+        (
+            f"{day}: {a} gets sunny spells and a high of {t1} degrees. Cloud stays over {b} at {t2} degrees, and "
+            f"afternoon gusts reach up to {wind} km/h."
+        ),
+        (
+            f"Outlook for {day}. {b}: cloudy, {t2} degrees. {a}: sunny spells, high {t1} degrees. Gusts up to {wind} "
+            f"km/h after midday."
+        ),
     )
     return text, [
         ((f"What is the high in {a}?", f"How warm will it get in {a}?"), t1),
@@ -614,10 +804,21 @@ def _obituary(m: Material) -> tuple[str, list[QA]]:
     who, shop, street, place, role = m.person(), m.title(), m.street(), m.place(), m.role()
     years, age, date, a, b = m.number(4, 60), m.number(61, 99), m.date(), m.first(), m.first()
     first = who.split()[0]
-    text = (
-        f"{who}, who ran {shop} on {street} for {years} years, died on {date} at the age of {age}. Born in "
-        f"{place}, {first} trained as {_a(role)} before taking over the business. {first} is survived by {a} and "
-        f"by a grandson, {b}, who will keep the doors open."
+    text = m.frame(
+        (
+            f"{who}, who ran {shop} on {street} for {years} years, died on {date} at the age of {age}. Born in "
+            f"{place}, {first} trained as {_a(role)} before taking over the business. {first} is survived by {a} and "
+            f"by a grandson, {b}, who will keep the doors open."
+        ),
+        (
+            f"{who} has died, aged {age}, on {date}. {first} was born in {place}, trained as {_a(role)}, and ran {shop} "
+            f"on {street} for {years} years. {first} leaves {a} and a grandson, {b}, who will keep the doors open."
+        ),
+        (
+            f"With sadness we report the death of {who} ({date}, aged {age}), for {years} years the owner of {shop}, "
+            f"{street}. Born in {place}, {first} first trained as {_a(role)}. Survived by {a} and by a grandson, {b}, who "
+            f"will keep the doors open."
+        ),
     )
     return text, [
         ((f"What business did {who} run?", f"What was the name of {first}'s shop?"), shop),
@@ -632,10 +833,21 @@ def _obituary(m: Material) -> tuple[str, list[QA]]:
 def _interview(m: Material) -> tuple[str, list[QA]]:
     host, guest, boat, band, place, year = m.first(), m.person(), m.title(), m.title(), m.place(), m.year()
     thing = m.thing()
-    text = (
-        f"{host}: How did the band start?\n{guest}: On a boat called {boat}, moored in {place}. "
-        f"We rehearsed below deck every night in {year}.\n{host}: And the name {band}?\n{guest}: "
-        f"It was painted on {_a(thing)} we found in the hold."
+    text = m.frame(
+        (
+            f"{host}: How did the band start?\n{guest}: On a boat called {boat}, moored in {place}. "
+            f"We rehearsed below deck every night in {year}.\n{host}: And the name {band}?\n{guest}: "
+            f"It was painted on {_a(thing)} we found in the hold."
+        ),
+        (
+            f"Q: Where did it all begin?\n{guest}: Below deck on {boat}, a boat moored in {place}. We rehearsed there "
+            f"every night in {year}.\nQ: And the name, {band}?\n{guest}: It was painted on {_a(thing)} we found in the "
+            f"hold."
+        ),
+        (
+            f"{host} talks to {guest}.\n{host}: The band started on a boat?\n{guest}: Yes, {boat}, moored in {place}, "
+            f"in {year}. We called ourselves {band} because the name was painted on {_a(thing)} in the hold."
+        ),
     )
     return text, [
         (("What was the boat called?", "On which boat did the band start?"), boat),
@@ -650,10 +862,21 @@ def _interview(m: Material) -> tuple[str, list[QA]]:
 def _lost(m: Material) -> tuple[str, list[QA]]:
     pet, street, day, price, owner, phone = m.first(), m.street(), m.weekday(), m.price(), m.first(), m.number()
     animal = m.rng.choice(["tabby cat", "grey parrot", "spaniel", "tortoise", "ferret", "white rabbit"])
-    text = (
-        f"LOST: {_a(animal)} who answers to {pet}, last seen near {street} on {day} evening. Wears a "
-        f"{m.rng.choice(_ADJECTIVES)} collar. Reward of {price} for {pet}'s safe return - please ring {owner} "
-        f"on extension {phone}."
+    collar = m.rng.choice(_ADJECTIVES)
+    text = m.frame(
+        (
+            f"LOST: {_a(animal)} who answers to {pet}, last seen near {street} on {day} evening. Wears a "
+            f"{collar} collar. Reward of {price} for {pet}'s safe return - please ring {owner} "
+            f"on extension {phone}."
+        ),
+        (
+            f"MISSING since {day} evening: {pet}, our {animal}, last seen near {street}, wearing a {collar} collar. "
+            f"{price} reward for {pet}'s safe return. Please ring {owner}, extension {phone}."
+        ),
+        (
+            f"Have you seen {pet}? Our {animal} in a {collar} collar went missing near {street} on {day} evening. Ring "
+            f"{owner} on extension {phone}. Reward: {price}."
+        ),
     )
     return text, [
         ((f"What is the name of the missing {animal}?", f"What does the {animal} answer to?"), pet),
@@ -668,10 +891,22 @@ def _lost(m: Material) -> tuple[str, list[QA]]:
 def _newsletter(m: Material) -> tuple[str, list[QA]]:
     town, boat, skipper, inn, date, n = m.place(), m.title(), m.person(), m.title(), m.date(), m.count_word()
     treasurer, price = m.person(), m.price()
-    text = (
-        f"{town} Rowing Club - autumn news. We welcome {n} new members this term. Our four, {boat}, won the "
-        f"harbour regatta with {skipper} steering. The winter dinner is on {date} at the {inn}; tickets cost "
-        f"{price} from our treasurer, {treasurer}."
+    text = m.frame(
+        (
+            f"{town} Rowing Club - autumn news. We welcome {n} new members this term. Our four, {boat}, won the "
+            f"harbour regatta with {skipper} steering. The winter dinner is on {date} at the {inn}; tickets cost "
+            f"{price} from our treasurer, {treasurer}."
+        ),
+        (
+            f"News from {town} Rowing Club. Congratulations to {boat}, our four, on winning the harbour regatta, "
+            f"steered by {skipper}. This term {n} new members joined us. Winter dinner: {date} at the {inn}; tickets "
+            f"{price} from the treasurer, {treasurer}."
+        ),
+        (
+            f"AUTUMN NEWSLETTER - {town.upper()} ROWING CLUB\n* Regatta: won by {boat}, {skipper} steering.\n* Welcome "
+            f"to our {n} new members.\n* Winter dinner at the {inn}, {date}. Tickets {price} from {treasurer}, our "
+            f"treasurer."
+        ),
     )
     return text, [
         (("Which boat won the regatta?", "What is the winning boat called?"), boat),
@@ -685,9 +920,19 @@ def _newsletter(m: Material) -> tuple[str, list[QA]]:
 @genre("museum_label", wide=True)
 def _museum(m: Material) -> tuple[str, list[QA]]:
     work, painter, year, donor, place, thing = m.title(), m.person(), m.year(), m.org(), m.place(), m.thing()
-    text = (
-        f"{work} ({year})\n{painter}. Oil on canvas.\nPainted in a rented room in {place}, it shows the "
-        f"artist's {thing} by a window. Given to the museum by {donor}."
+    text = m.frame(
+        (
+            f"{work} ({year})\n{painter}. Oil on canvas.\nPainted in a rented room in {place}, it shows the "
+            f"artist's {thing} by a window. Given to the museum by {donor}."
+        ),
+        (
+            f"{painter}, {work}, {year}. Oil on canvas.\nThe artist's {thing} stands by a window in this picture, "
+            f"painted in a rented room in {place}. Gift of {donor}."
+        ),
+        (
+            f"Room 4. {work} by {painter} ({year}) was painted in a rented room in {place} and shows the artist's "
+            f"{thing} beside a window. Oil on canvas; given by {donor}."
+        ),
     )
     return text, [
         (("What is the painting called?", "What is the title of the work?"), work),
@@ -704,10 +949,20 @@ def _incident(m: Material) -> tuple[str, list[QA]]:
     time, day, street, shop, witness, thing, officer = (
         m.time(), m.weekday(), m.street(), m.title(), m.person(), m.thing(), m.person()
     )  # fmt: skip
-    text = (
-        f"Incident report. At {time} on {day}, officers attended {shop} on {street}, where {_a(thing)} had been "
-        f"taken from the front window. A witness, {witness}, saw a cyclist leave towards the station. Report "
-        f"filed by {officer}."
+    text = m.frame(
+        (
+            f"Incident report. At {time} on {day}, officers attended {shop} on {street}, where {_a(thing)} had been "
+            f"taken from the front window. A witness, {witness}, saw a cyclist leave towards the station. Report "
+            f"filed by {officer}."
+        ),
+        (
+            f"Report by {officer}. Officers attended at {time} on {day}. Location: {shop}, {street}. Taken: {_a(thing)} "
+            f"from the front window. Witness {witness} saw a cyclist heading towards the station."
+        ),
+        (
+            f"{officer} reports: on {day} at {time} we were called to {shop}, {street}. Someone had taken {_a(thing)} "
+            f"from the front window; {witness} saw a cyclist ride off towards the station."
+        ),
     )
     return text, [
         (("What was taken?", "Which item went missing from the window?"), thing),
@@ -723,10 +978,22 @@ def _story(m: Material) -> tuple[str, list[QA]]:
     who, place, inn, stranger, role, thing = m.person(), m.place(), m.title(), m.first(), m.role(), m.thing()
     n, horse = m.count_word(), m.first()
     first = who.split()[0]
-    text = (
-        f"The storm caught {who} on the road to {place}, so {first} rode into the yard of an inn called {inn}. "
-        f"By the fire sat {stranger}, {_a(role)}, who offered {_a(thing)} in exchange for a seat by the stove. "
-        f"They stayed {n} nights, and {first}'s horse, {horse}, would not leave the stable."
+    text = m.frame(
+        (
+            f"The storm caught {who} on the road to {place}, so {first} rode into the yard of an inn called {inn}. "
+            f"By the fire sat {stranger}, {_a(role)}, who offered {_a(thing)} in exchange for a seat by the stove. "
+            f"They stayed {n} nights, and {first}'s horse, {horse}, would not leave the stable."
+        ),
+        (
+            f"{who} was riding to {place} when the storm broke. The nearest shelter was an inn called {inn}, where "
+            f"{stranger}, {_a(role)}, sat by the fire and offered {_a(thing)} for a seat near the stove. {first}'s horse, "
+            f"{horse}, would not leave the stable, and they stayed {n} nights."
+        ),
+        (
+            f'Rain caught {who} on the road to {place}, and {first} took shelter at {inn}. "Sit," said {stranger}, '
+            f"{_a(role)} warming by the fire, holding out {_a(thing)} in exchange for the seat by the stove. They stayed "
+            f"{n} nights; {horse}, {first}'s horse, refused to leave the stable."
+        ),
     )
     return text, [
         ((f"Where was {who} going?", f"What town was {first} riding to?"), place),
@@ -807,6 +1074,7 @@ def name_question(context: str, people: list[str], rng: random.Random) -> tuple[
 
 LEXICONS = ("builtin", "broad")
 WORDS = ("builtin", "broad")
+PHRASINGS = ("one", "varied")
 
 
 @dataclass
@@ -857,6 +1125,10 @@ class PassagesConfig:
             codes among the training answers (core genres 0.36 -> 0.46). Off by default: at 600 steps it lowered
             both held-out sets on the core genres (narrative 0.34 -> 0.30, genres 0.35 -> 0.26) and did not keep the
             genres' numbers with the wide ones (docs/evaluation.md, "Balancing the kinds of answer").
+        phrasings: How TRAINING passages of a genre are worded. "one": one wording per genre, the values changing.
+            "varied": each genre writes the same facts in three wordings (another order of the facts, another
+            register: prose, a form, a list, a log format), one drawn per passage from its own seeded stream, so
+            names, values and questions are those of "one". Validation and test passages keep the first wording.
     """
 
     seed: int = 0
@@ -869,6 +1141,7 @@ class PassagesConfig:
     name_questions: float = 0.0
     genre_set: str = "core"
     answer_balance: bool = False
+    phrasings: str = "one"
 
     def __post_init__(self) -> None:
         for name in ("val_genres", "test_genres"):
@@ -881,6 +1154,8 @@ class PassagesConfig:
             )
         if self.genre_set not in GENRE_SETS:
             raise ValueError(f"data.passages.genre_set: got {self.genre_set!r}; valid: {', '.join(GENRE_SETS)}")
+        if self.phrasings not in PHRASINGS:
+            raise ValueError(f"data.passages.phrasings: got {self.phrasings!r}; valid: {', '.join(PHRASINGS)}")
         if not isinstance(self.answer_balance, bool):
             raise ValueError(f"data.passages.answer_balance: got {self.answer_balance!r}; valid: true, false")
         if not self.train_genres():
@@ -917,7 +1192,9 @@ def passage_example(cfg: PassagesConfig, split: str, index: int) -> dict[str, An
     name = rng.choice(cfg.genres(split))
     broad = broad_lexicon(cfg.seed) if cfg.lexicon == "broad" and split == "train" else None
     words = faker_words() if cfg.words == "broad" and split == "train" else None
-    material = Material(rng, split, cfg.seed, broad, words)
+    varied = cfg.phrasings == "varied" and split == "train"
+    frames = random.Random(f"passages/{cfg.seed}/frames/{index}") if varied else None
+    material = Material(rng, split, cfg.seed, broad, words, frames)
     context, qas = GENRES[name](material)
     if cfg.answer_balance and split == "train":
         # one kind of answer the passage offers, uniformly, then one of its questions of that kind
