@@ -5,7 +5,7 @@ A row may merge several results files of the same examples (same eval set, n, so
 references of one run with the projected cache of another: `FILE@cond+cond` takes only those conditions of FILE;
 a condition taken from two files must agree.
 
-    python scripts/pairs_table.py "LABEL=results.json[@cond+cond][,more.json[@...]]" ... [--json table.json [--overwrite]]
+    python scripts/pairs_table.py "LABEL=results.json[@cond+cond][,more.json[@...]]" ... [--output table.json [--overwrite]]
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import json
 import sys
 from pathlib import Path
 
-from kvproj.atomic import atomic_write
+from _output import add_output, check_output, write_output
+
 from kvproj.eval.metrics import gap_closed
 
 CONDITIONS = ("target_alone", "target_text", "source_text", "projected", "shuffled_source", "text_to_text")
@@ -77,11 +78,11 @@ def row(label: str, merged: dict) -> tuple[str, dict]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("rows", nargs="+", help="LABEL=results.json[@cond+cond][,more.json...]")
-    ap.add_argument("--json", type=Path, help="also write the rows as JSON here")
-    ap.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
+    add_output(ap, "the rows")
+    # the name the committed tables' recorded commands use
+    ap.add_argument("--json", type=Path, dest="output", help="the same as --output")
     args = ap.parse_args(argv)
-    if args.json is not None and args.json.exists() and not args.overwrite:
-        sys.exit(f"--json: {args.json} exists; pass --overwrite to replace it")
+    check_output(args)
     header = ["pair", "eval set", "n", "floor", "oracle", "source reads text", "projected [95% CI]", "shuffled",
               "text-to-text", "gap closed", "projected - text-to-text"]  # fmt: skip
     print("| " + " | ".join(header) + " |")
@@ -94,9 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         line, summary = row(label, merge(files.split(",")))
         print(line)
         out.append(summary)
-    if args.json:
-        command = " ".join(["scripts/pairs_table.py", *(sys.argv[1:] if argv is None else argv)])
-        atomic_write(args.json, json.dumps({"command": command, "rows": out}, indent=1) + "\n")
+    command = " ".join(["scripts/pairs_table.py", *(sys.argv[1:] if argv is None else argv)])
+    write_output(args, {"command": command, "rows": out}, indent=1, echo=False)
     return 0
 
 

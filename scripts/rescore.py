@@ -9,12 +9,12 @@ change to the metric to see which committed numbers it moves; nothing is rewritt
 from __future__ import annotations
 
 import argparse
-import json
 from collections import defaultdict
 from pathlib import Path
 
 from _output import add_output, check_output, write_output
 
+from kvproj.eval.generations import read_rows
 from kvproj.eval.metrics import exact_match
 
 
@@ -37,15 +37,10 @@ def rescore(path: Path) -> dict[str, dict]:
     """Per condition: n, exact match as written and now, and the ids (with answer and first 60 characters written)
     whose score moved."""
     by_condition: dict[str, list[dict]] = defaultdict(list)
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        row = json.loads(line)
+    for number, row in enumerate(read_rows(path), 1):
         missing = {"condition", "generated", "answer", "correct"} - row.keys()
         if missing:
-            raise SystemExit(
-                f"{path}:{number}: a generations row needs {sorted(missing)}; is this an evaluate output?"
-            )
+            raise SystemExit(f"{path}: row {number} needs {sorted(missing)}; is this an evaluate output?")
         by_condition[row["condition"]].append(row)
     out = {}
     for condition, rows in by_condition.items():

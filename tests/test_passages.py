@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 import re
 
@@ -395,9 +397,6 @@ def test_varied_phrasings_reword_training_passages_only_and_keep_their_facts():
 def test_the_default_training_stream_is_pinned():
     """The passages the committed numbers were measured on (docs/evaluation.md): a change to any genre's first
     wording, the draws or the lexicon moves this hash, and then the documented numbers need a new run."""
-    import hashlib
-    import json
-
     for cfg, digest in (
         (PassagesConfig(), "154a81cde53f0f7282ebbb5e8d9719dcbfe54285ff189dcd36abfde9d2cbcbb4"),
         (

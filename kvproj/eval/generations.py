@@ -19,10 +19,15 @@ def write_generations(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
     atomic_write(Path(path), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
+def read_rows(path: str | Path) -> list[dict[str, Any]]:
+    """Every row of a generations file, in file order."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
 def read_generations(path: str | Path, condition: str) -> list[dict[str, Any]]:
     """The rows of one condition, in file order. Raises ValueError naming the conditions the file holds when it has
     no row of `condition`."""
-    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    rows = read_rows(path)
     picked = [r for r in rows if r["condition"] == condition]
     if not picked:
         there = ", ".join(dict.fromkeys(r["condition"] for r in rows)) or "none"
