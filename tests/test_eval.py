@@ -13,6 +13,7 @@ from conftest import tiny
 from kvproj.data.facts import EvalFileError
 from kvproj.eval import metrics
 from kvproj.eval.facts import derangement
+from kvproj.eval.rescore import RescoreError, rescore_results
 from kvproj.eval.run import evaluate
 from kvproj.projectors import build_projector
 from kvproj.projectors.io import ProjectorFolderError, ProjectorMismatchError, save_projector
@@ -30,6 +31,12 @@ def test_exact_match_and_f1_on_constructed_cases():
     assert metrics.exact_match(" the ferry—Marigold", "Marigold") == 1.0
     assert metrics.exact_match(" “Marigold”…", "marigold") == 1.0
     assert metrics.exact_match(" £1335", "133") == 0.0  # still whole words only
+    # a minus sign that starts a number is part of it; a hyphen between words or digits is not
+    assert metrics.exact_match(" 13 degrees, with a 23 km/h in 2", "-2") == 0.0
+    assert metrics.exact_match(" -2 degrees", "-2") == 1.0 and metrics.exact_match(" at \u22122 °C", "-2") == 1.0
+    assert metrics.exact_match(" -2 degrees", "2") == 0.0 and metrics.exact_match(" (-4.5)", "-4.5") == 1.0
+    assert metrics.exact_match(" 3-5 days", "5") == 1.0 and metrics.exact_match(" AB-12", "AB 12") == 1.0
+    assert metrics.exact_match(" well-known", "known") == 1.0
     assert metrics.token_f1("the red fox", "red") == pytest.approx(2 * (1 / 2) * 1 / (1 / 2 + 1))
     assert metrics.token_f1("blue", "red") == 0.0
     assert metrics.token_f1("red", "red") == 1.0
@@ -138,6 +145,31 @@ def test_same_model_identity_projector_matches_the_oracle_exactly(tmp_path):
         "answer_nll",
         "kl_to_oracle",
     }
+
+    # scored again from its own generations, the run's results come back exactly (intervals' seeds included)
+    written = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert rescore_results(written, rows) == (written, rows, 0)
+    # a metric that now reads 4 oracle answers and 2 projected ones right: means, intervals, gap and rows follow
+    edited = [dict(r) for r in rows]
+    now_right = {("target_text", f"e{i}") for i in range(4)} | {("projected", "e0"), ("projected", "e5")}
+    for r in edited:
+        if (r["condition"], r["id"]) in now_right:
+            r["generated"] = f" {r['answer']}.\nQuestion:"
+    again, scored, moved = rescore_results(written, edited)
+    assert moved == 6 and sum(r["correct"] for r in scored) == 6 and not any(r["correct"] for r in rows)
+    order = list(written["conditions"])
+    for name, right in (("target_text", [1.0] * 4 + [0.0] * 2), ("projected", [1.0, 0, 0, 0, 0, 1.0])):
+        got = again["conditions"][name]
+        assert got["exact_match"] == pytest.approx(sum(right) / 6)
+        seed = metrics.condition_seed(0, order.index(name))
+        assert got["ci95"]["exact_match"] == metrics.bootstrap_ci(right, seed=seed, resamples=1000)
+        assert got["answer_nll"] == written["conditions"][name]["answer_nll"]  # model numbers kept
+    assert again["gap_closed"]["exact_match"] == pytest.approx(0.5)
+    assert written == json.loads((tmp_path / "r" / "results.json").read_text())  # inputs untouched
+    with pytest.raises(RescoreError, match="conditions differ"):
+        rescore_results(written, [r for r in rows if r["condition"] != "untrained"])
+    with pytest.raises(RescoreError, match="projected: 5 generations for n=6"):
+        rescore_results(written, [r for r in rows if (r["condition"], r["id"]) != ("projected", "e5")])
 
 
 def test_fuse_projector_adds_to_the_target_reading_the_text(tmp_path):

@@ -287,6 +287,49 @@ def test_rescore_reports_what_a_metric_change_moves(tmp_path):
         rescore.main([str(tmp_path / "bad-generations.jsonl")])
 
 
+def test_rescore_rewrite_rebuilds_results_from_generations_and_refuses_before_writing(tmp_path):
+    from kvproj.eval.generations import read_rows, write_generations
+
+    rescore = _load("rescore")
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = [
+        {"id": "1", "condition": "projected", "generated": " 2 degrees", "answer": "-2", "correct": True},
+        {"id": "2", "condition": "projected", "generated": " Lyon", "answer": "Lyon", "correct": True},
+    ]
+    entry = {"exact_match": 1.0, "f1": 0.5, "answer_nll": 2.5, "ci95": {"exact_match": [1.0, 1.0], "f1": [0.0, 1.0],
+             "answer_nll": [2.0, 3.0]}}  # fmt: skip
+    written = {"task": "facts", "n": 2, "seed": 0, "conditions": {"projected": entry}, "gap_closed": {}}
+    (run / "results.json").write_text(json.dumps(written))
+    write_generations(run / "generations.jsonl", rows)
+    lonely = tmp_path / "other" / "x-generations.jsonl"
+    lonely.parent.mkdir()
+    write_generations(lonely, rows)
+    with pytest.raises(SystemExit, match="none for: .*x-generations.jsonl"):  # checked before anything is written
+        rescore.main([str(run), str(lonely.parent), "--rewrite"])
+    assert json.loads((run / "results.json").read_text()) == written
+    out = tmp_path / "moved.json"
+    assert rescore.main([str(run / "generations.jsonl"), "--rewrite", "--output", str(out)]) == 0
+    got = json.loads((run / "results.json").read_text())
+    assert got["conditions"]["projected"]["exact_match"] == 0.5  # "2 degrees" is no longer "-2"
+    assert (
+        got["conditions"]["projected"]["answer_nll"] == 2.5
+        and "answer_first" not in got["conditions"]["projected"]
+    )
+    assert got["gap_closed"] == {"exact_match": None, "answer_nll": None}
+    (record,) = got["rescored"]
+    assert record["rows_moved"] == 1 and "--rewrite" in record["command"]
+    assert [r["correct"] for r in read_rows(run / "generations.jsonl")] == [False, True]
+    assert json.loads(out.read_text())["rewritten"] == [str(run / "results.json")]
+    # a second pass finds nothing to move and writes nothing
+    before = (run / "results.json").read_text()
+    assert rescore.main([str(run / "generations.jsonl"), "--rewrite"]) == 0
+    assert (run / "results.json").read_text() == before
+    write_generations(run / "generations.jsonl", [dict(rows[0], condition="oracle"), rows[1]])
+    with pytest.raises(SystemExit, match="conditions differ"):
+        rescore.main([str(run / "generations.jsonl"), "--rewrite"])
+
+
 def test_pairs_table_merges_files_of_one_row_and_keeps_an_existing_json(tmp_path, capsys):
     pairs_table = _load("pairs_table")
 

@@ -61,7 +61,7 @@ class EvalSettings:
     hint_tokens: int = 32
     hint_prompt: str = "\nIn one sentence, the key facts above are:"
     conditions: tuple[str, ...] = CONDITIONS
-    bootstrap_resamples: int = 1000
+    bootstrap_resamples: int = metrics.BOOTSTRAP_RESAMPLES
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.conditions) - set(CONDITIONS))
@@ -397,36 +397,20 @@ class FactsEvaluator:
 
     def _summarize(self, examples: list[dict], scores: dict[str, _Scores]):
         s = self.settings
+        answers = [e["answer"] for e in examples]
         conditions: dict[str, Any] = {}
         rows: list[dict[str, Any]] = []
         for ci, (name, sc) in enumerate(scores.items()):
-            em = [metrics.exact_match(g, e["answer"]) for g, e in zip(sc.generated, examples)]
-            f1 = [metrics.token_f1(g, e["answer"]) for g, e in zip(sc.generated, examples)]
-            first = [metrics.answer_first(g, e["answer"]) for g, e in zip(sc.generated, examples)]
-            per_metric = {"exact_match": em, "answer_first": first, "f1": f1, "answer_nll": sc.nll,
-                          "kl_to_oracle": sc.kl, "latency_ms": sc.latency_ms}  # fmt: skip
-            entry: dict[str, Any] = {}
-            ci95: dict[str, Any] = {}
-            for k, values in per_metric.items():
-                present = [v for v in values if v is not None]
-                entry[k] = metrics.mean(present) if present else None
-                ci95[k] = (
-                    metrics.bootstrap_ci(present, seed=s.seed + 7919 * ci, resamples=s.bootstrap_resamples)
-                    if present
-                    else None
-                )
-            entry["ci95"] = ci95
-            conditions[name] = entry
-            for e, g, p, c, nll, kl in zip(examples, sc.generated, sc.prompts, em, sc.nll, sc.kl):
+            text = metrics.text_scores(sc.generated, answers)
+            per_metric = {**text, "answer_nll": sc.nll, "kl_to_oracle": sc.kl, "latency_ms": sc.latency_ms}
+            conditions[name] = metrics.summarize(
+                per_metric, seed=metrics.condition_seed(s.seed, ci), resamples=s.bootstrap_resamples
+            )
+            for e, g, p, c, nll, kl in zip(examples, sc.generated, sc.prompts, text["exact_match"], sc.nll, sc.kl):
                 rows.append({"id": e.get("id"), "condition": name, "prompt": p, "generated": g, "answer": e["answer"],
                              "correct": bool(c), "answer_nll": nll, "kl_to_oracle": kl})  # fmt: skip
-        gap = {"exact_match": None, "answer_nll": None}
-        if {"projected", "target_alone", "target_text"} <= conditions.keys():
-            for k in gap:
-                gap[k] = metrics.gap_closed(
-                    conditions["projected"][k], conditions["target_alone"][k], conditions["target_text"][k]
-                )
-        return {"n": len(examples), "conditions": conditions, "gap_closed": gap}, rows
+        summary = {"n": len(examples), "conditions": conditions, "gap_closed": metrics.gap_closed_of(conditions)}
+        return summary, rows
 
 
 def _kl_per_example(logits: torch.Tensor, oracle: torch.Tensor, labels: torch.Tensor) -> list[float | None]:

@@ -8,8 +8,11 @@ import string
 import unicodedata
 from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+
+BOOTSTRAP_RESAMPLES = 1000  # what `kvproj evaluate` resamples for every 95% interval
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 
@@ -23,11 +26,16 @@ def _is_punct(ch: str) -> bool:
     return category.startswith("P") or category == "Sc"
 
 
+# a minus sign that starts a number: "-2", "−2", "(-4.5" and "at -2" keep it; "3-5", "AB-12" and "well-known" do not
+_MINUS = re.compile(r"(?<![\w.])[-\u2212](?=\d)")
+_SIGN = "\x00"  # stands in for a kept minus while punctuation is replaced (NFKC text never holds it)
+
+
 def normalize(text: str) -> str:
-    """Lowercase, fold compatibility forms (NFKC), turn punctuation and currency signs into spaces, drop articles,
-    collapse whitespace."""
-    text = unicodedata.normalize("NFKC", text).lower()
-    text = "".join(" " if _is_punct(ch) else ch for ch in text)
+    """Lowercase, fold compatibility forms (NFKC), turn punctuation and currency signs into spaces (except a minus
+    sign that starts a number: "-2" and "2" are different answers), drop articles, collapse whitespace."""
+    text = _MINUS.sub(_SIGN, unicodedata.normalize("NFKC", text).lower().replace(_SIGN, " "))
+    text = "".join(" " if _is_punct(ch) else ch for ch in text).replace(_SIGN, "-")
     text = _ARTICLES.sub(" ", text)
     return " ".join(text.split())
 
@@ -127,3 +135,46 @@ def gap_closed(projected: float, floor: float, oracle: float) -> float | None:
     if any(v is None or math.isnan(v) for v in (projected, floor, oracle)) or abs(oracle - floor) < 1e-12:
         return None
     return (projected - floor) / (oracle - floor)
+
+
+TEXT_METRICS = ("exact_match", "answer_first", "f1")
+
+
+def text_scores(generated: Sequence[str], answers: Sequence[str]) -> dict[str, list[float]]:
+    """Per example, the metrics read from the generated text alone: exact match, answer first, token F1."""
+    pairs = list(zip(generated, answers, strict=True))
+    return {
+        "exact_match": [exact_match(g, a) for g, a in pairs],
+        "answer_first": [answer_first(g, a) for g, a in pairs],
+        "f1": [token_f1(g, a) for g, a in pairs],
+    }
+
+
+def summarize(per_metric: dict[str, Sequence[float | None]], *, seed: int, resamples: int) -> dict[str, Any]:
+    """One condition's entry in results.json: each metric's mean over the examples that have it (None where none
+    has), and under "ci95" its bootstrap interval (`bootstrap_ci` with `seed`)."""
+    entry: dict[str, Any] = {}
+    ci95: dict[str, Any] = {}
+    for key, values in per_metric.items():
+        present = [v for v in values if v is not None]
+        entry[key] = mean(present) if present else None
+        ci95[key] = bootstrap_ci(present, seed=seed, resamples=resamples) if present else None
+    entry["ci95"] = ci95
+    return entry
+
+
+def condition_seed(seed: int, index: int) -> int:
+    """The bootstrap seed of the index-th condition of a run (so conditions do not share resamples)."""
+    return seed + 7919 * index
+
+
+def gap_closed_of(conditions: dict[str, dict[str, Any]]) -> dict[str, float | None]:
+    """Gap closed in exact match and answer NLL, from the projected, target_alone and target_text entries (None
+    for both when one of them was not run)."""
+    gap: dict[str, float | None] = {"exact_match": None, "answer_nll": None}
+    if {"projected", "target_alone", "target_text"} <= conditions.keys():
+        for key in gap:
+            gap[key] = gap_closed(
+                conditions["projected"][key], conditions["target_alone"][key], conditions["target_text"][key]
+            )
+    return gap
