@@ -98,6 +98,14 @@ def resolve_projector(argv: list[str]) -> list[str]:
     return argv
 
 
+HELP_NOTE = """\
+Note: the "default:" values below are each setting's class default. A run's config overrides them: without --config,
+fit runs configs/default.yaml (the default recipe: wide genres, answer_follow 12, ridge start, 600 steps, ...).
+`python -m kvproj fit [--config FILE] --print_config` prints the whole config a run would use.
+
+"""
+
+
 def resolve_configs(argv: list[str]) -> list[str]:
     """`--config NAME` that is not a file but names a shipped config (`--config smoke`) becomes that file; no
     `--config` at all means the shipped default run (so `fit --print_config` prints what `fit` runs). Fails with a
@@ -327,6 +335,8 @@ def lightning_main(argv: list[str]) -> int:
     from kvproj.models import ModelNotFoundError
     from kvproj.training import KVProjCLI
 
+    if any(a in ("-h", "--help") for a in argv[1:]):  # the defaults jsonargparse prints are the classes' own
+        sys.stdout.write(HELP_NOTE)
     sys.argv = [sys.argv[0], *argv]  # LightningCLI parses sys.argv (passing args= as well makes it warn)
     try:
         args, at = option_values(argv, ("--ckpt_path",))

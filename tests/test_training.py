@@ -141,6 +141,17 @@ def test_print_config_without_config_prints_the_default_run():
     assert "name: default" in text and "genre_set: wide" in text and "answer_follow: 12" in text
 
 
+def test_help_says_its_defaults_are_the_classes_and_where_the_run_config_is(capsys):
+    from kvproj.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "-h"])
+    assert exit_info.value.code in (0, None)
+    text = capsys.readouterr().out
+    assert text.startswith('Note: the "default:" values below are each setting\'s class default')
+    assert "--print_config" in text.split("\n\n")[0] and "--data.answer_follow ANSWER_FOLLOW" in text
+
+
 def _print_config(*args: str) -> str:
     from kvproj.cli import main
 
