@@ -100,7 +100,7 @@ def resolve_projector(argv: list[str]) -> list[str]:
 
 HELP_NOTE = """\
 Note: the "default:" values below are each setting's class default. A run's config overrides them: without --config,
-fit runs configs/default.yaml (the default recipe: wide genres, answer_follow 12, ridge start, 600 steps, ...).
+fit runs configs/default.yaml (the default recipe), whose values differ from many of these.
 `python -m kvproj fit [--config FILE] --print_config` prints the whole config a run would use.
 
 """

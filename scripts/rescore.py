@@ -42,11 +42,11 @@ def generation_files(paths: list[Path]) -> list[Path]:
     return files
 
 
-def rescore(path: Path) -> dict[str, dict]:
-    """Per condition: n, exact match as written and now, and the ids (with answer and first 60 characters written)
-    whose score moved."""
+def rescore(path: Path, rows: list[dict]) -> dict[str, dict]:
+    """Per condition of one generations file's rows: n, exact match as written and now, and the ids (with answer and
+    first 60 characters written) whose score moved."""
     by_condition: dict[str, list[dict]] = defaultdict(list)
-    for number, row in enumerate(read_rows(path), 1):
+    for number, row in enumerate(rows, 1):
         missing = {"condition", "generated", "answer", "correct"} - row.keys()
         if missing:
             raise SystemExit(f"{path}: row {number} needs {sorted(missing)}; is this an evaluate output?")
@@ -76,7 +76,7 @@ def results_beside(path: Path) -> Path:
     return path.with_name("results.json")
 
 
-def rewrites(files: list[Path], command: str) -> list[tuple[Path, Path, dict, list[dict], int]]:
+def rewrites(files: dict[Path, list[dict]], command: str) -> list[tuple[Path, Path, dict, list[dict], int]]:
     """For every generations file whose scores moved: (generations path, results path, rescored results, rescored
     rows, rows moved). Token F1 can move with no exact match moving. Everything is checked and scored before the
     caller writes anything: SystemExit naming the files when a generations file has no results beside it or the two
@@ -91,11 +91,11 @@ def rewrites(files: list[Path], command: str) -> list[tuple[Path, Path, dict, li
         )
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
     out = []
-    for path in files:
+    for path, read in files.items():
         results_path = results_beside(path)
         try:
             written = json.loads(results_path.read_text())
-            results, rows, moved = rescore_results(written, read_rows(path))
+            results, rows, moved = rescore_results(written, read)
         except RescoreError as err:
             raise SystemExit(f"{path} and {results_path}: {err}") from err
         if results != written:
@@ -114,20 +114,20 @@ def main(argv: list[str] | None = None) -> int:
     add_output(parser, "the re-scored exact matches")
     args = parser.parse_args(argv)
     check_output(args)
-    files = generation_files(args.paths)
+    files = {path: read_rows(path) for path in generation_files(args.paths)}  # each file read once
     if not files:
         raise SystemExit(f"no *generations.jsonl under {', '.join(map(str, args.paths))}")
     results = {}
     moved = 0
     command = "python scripts/rescore.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    planned = rewrites(files, command) if args.rewrite else []
-    for path in files:
-        scored = rescore(path)
+    for path, rows in files.items():
+        scored = rescore(path, rows)
         moved += sum(len(c["moved"]) for c in scored.values())
         if args.changed_only:
             scored = {k: v for k, v in scored.items() if v["moved"]}
         if scored:
             results[str(path)] = scored
+    planned = rewrites(files, command) if args.rewrite else []  # after the rows' checks above; before any write
     for path, results_path, rescored, rows, rows_moved in planned:
         write_generations(path, rows)
         atomic_write(results_path, json.dumps(rescored, indent=2) + "\n")

@@ -28,14 +28,14 @@ def _is_punct(ch: str) -> bool:
 
 # a minus sign that starts a number: "-2", "−2", "(-4.5" and "at -2" keep it; "3-5", "AB-12" and "well-known" do not
 _MINUS = re.compile(r"(?<![\w.])[-\u2212](?=\d)")
-_SIGN = "\x00"  # stands in for a kept minus while punctuation is replaced (NFKC text never holds it)
 
 
 def normalize(text: str) -> str:
     """Lowercase, fold compatibility forms (NFKC), turn punctuation and currency signs into spaces (except a minus
     sign that starts a number: "-2" and "2" are different answers), drop articles, collapse whitespace."""
-    text = _MINUS.sub(_SIGN, unicodedata.normalize("NFKC", text).lower().replace(_SIGN, " "))
-    text = "".join(" " if _is_punct(ch) else ch for ch in text).replace(_SIGN, "-")
+    text = unicodedata.normalize("NFKC", text).lower()
+    signs = {m.start() for m in _MINUS.finditer(text)}
+    text = "".join("-" if i in signs else " " if _is_punct(ch) else ch for i, ch in enumerate(text))
     text = _ARTICLES.sub(" ", text)
     return " ".join(text.split())
 
