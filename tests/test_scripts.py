@@ -357,3 +357,43 @@ def test_pairs_table_merges_files_of_one_row_and_keeps_an_existing_json(tmp_path
         pairs_table.main([f"A={run}@text_to_text"])
     with pytest.raises(SystemExit, match="no such results file"):
         pairs_table.main([f"A={tmp_path / 'nope.json'}"])
+
+
+def test_curve_table_reads_callback_points_and_adds_gap_closed_from_references(tmp_path, capsys):
+    curve_table = _load("curve_table")
+    folder = tmp_path / "eval"
+    folder.mkdir()
+
+    def point(tag: str, step: int, em: float, n: int = 10) -> None:
+        conditions = {
+            "projected": {"exact_match": em, "answer_nll": 2.5, "ci95": {"exact_match": [em - 0.1, em + 0.1]}},
+            "shuffled_source": {"exact_match": 0.0, "answer_nll": 9.0, "ci95": {"exact_match": [0.0, 0.0]}},
+        }
+        (folder / f"{tag}-step{step:07d}.json").write_text(
+            json.dumps({"eval_set": tag, "global_step": step, "n": n, "conditions": conditions})
+        )
+
+    point("narrative", 400, 0.2)
+    point("narrative", 800, 0.4)
+    point("genres", 800, 0.3, n=6)  # a set evaluated at fewer steps leaves its cells empty at the others
+    refs = tmp_path / "refs.json"
+    refs.write_text(json.dumps({"n": 10, "conditions": {k: {"exact_match": v} for k, v in
+                                {"target_alone": 0.0, "target_text": 0.8, "text_to_text": 0.1, "projected": 0.7}.items()}}))  # fmt: skip
+    out = tmp_path / "curve.json"
+    assert curve_table.main([str(folder), "--references", f"narrative={refs}", "--output", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["step"] for r in rows] == [400, 800] and "genres" not in rows[0]
+    assert rows[1]["narrative"]["gap_closed"] == pytest.approx(0.5)
+    assert rows[1]["narrative"]["over_text_to_text"] == pytest.approx(0.3)
+    assert rows[1]["genres"] == {"n": 6, "projected": 0.3, "ci95": [pytest.approx(0.2), 0.4], "answer_nll": 2.5,
+                                 "shuffled": 0.0}  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "| 400 | - | - | - | 0.20 [0.10, 0.30] | 2.50 | 0.00 | 0.25 | +0.10 |" in printed
+    with pytest.raises(SystemExit, match="exists; pass --overwrite"):
+        curve_table.main([str(folder), "--output", str(out)])
+    with pytest.raises(SystemExit, match="has n=10, the curve's genres points have n=\\[6\\]"):
+        curve_table.main([str(folder), "--references", f"genres={refs}"])
+    with pytest.raises(SystemExit, match="no set 'passages-test'"):
+        curve_table.main([str(folder), "--references", f"passages-test={refs}"])
+    with pytest.raises(SystemExit, match="no <set>-step<N>.json files"):
+        curve_table.main([str(tmp_path)])
