@@ -64,7 +64,9 @@ def read_references(specs: list[str], points: dict[str, dict[int, dict]]) -> dic
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("folder", type=Path, help="the eval/ folder FactsEvalCallback wrote")
-    ap.add_argument("--references", nargs="*", default=[], help="SET=results.json of `kvproj evaluate`, same examples")
+    ap.add_argument(
+        "--references", nargs="*", default=[], help="SET=results.json of `kvproj evaluate`, same examples"
+    )
     add_output(ap, "the curve")
     args = ap.parse_args(argv)
     check_output(args)
@@ -90,7 +92,12 @@ def main(argv: list[str] | None = None) -> int:
             c = p["conditions"]
             proj = c["projected"]
             lo, hi = proj["ci95"]["exact_match"]
-            entry = {"n": p["n"], "projected": proj["exact_match"], "ci95": [lo, hi], "answer_nll": proj["answer_nll"]}
+            entry = {
+                "n": p["n"],
+                "projected": proj["exact_match"],
+                "ci95": [lo, hi],
+                "answer_nll": proj["answer_nll"],
+            }
             cells += [f"{proj['exact_match']:.2f} [{lo:.2f}, {hi:.2f}]", f"{proj['answer_nll']:.2f}"]
             if "shuffled_source" in c:
                 entry["shuffled"] = c["shuffled_source"]["exact_match"]
