@@ -252,6 +252,25 @@ def load_model(spec: ModelSpec | str) -> LoadedModel:
     return _freeze(LoadedModel(spec, model, tokenizer, geometry_of(model), kind))
 
 
+def load_tokenizer(name: str):
+    """The tokenizer of any supported kind of model name, without the model: what alignment diagnostics need
+    (`scripts/alignment_stats.py`). A zoo name installs its model on first use, as `load_model` does."""
+    if name.startswith(TINY_PREFIX):
+        return byte_tokenizer()
+    from transformers import AutoTokenizer
+
+    path, gguf_file, _ = _locate(name)
+    try:
+        return AutoTokenizer.from_pretrained(
+            path, trust_remote_code=False, **({"gguf_file": gguf_file} if gguf_file else {})
+        )
+    except OSError as err:
+        raise ModelNotFoundError(
+            f"model name {name!r}: its tokenizer could not be loaded (not a zoo name, local folder or .gguf file, "
+            f"and the Hugging Face Hub did not serve it). Cause: {str(err).splitlines()[0]}"
+        ) from err
+
+
 def _locate(name: str) -> tuple[str, str | None, str]:
     """(path or hub id, gguf file name or None, kind) for a non-tiny model name."""
     from kvproj import zoo

@@ -397,3 +397,46 @@ def test_curve_table_reads_callback_points_and_adds_gap_closed_from_references(t
         curve_table.main([str(folder), "--references", f"passages-test={refs}"])
     with pytest.raises(SystemExit, match="no <set>-step<N>.json files"):
         curve_table.main([str(tmp_path)])
+
+
+def test_alignment_stats_counts_target_tokens_over_several_source_tokens(tmp_path, capsys):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from kvproj.models import load_tokenizer
+
+    alignment_stats = _load("alignment_stats")
+    words = Tokenizer(models.WordLevel({"Ada": 0, "met": 1, "Bob": 2, ".": 3, "[UNK]": 4}, unk_token="[UNK]"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    target = PreTrainedTokenizerFast(tokenizer_object=words, unk_token="[UNK]")
+    source = load_tokenizer("tiny:llama")  # one token per byte
+    examples = [{"context": "Ada met Bob.", "question": "Who?", "answer": "Bob"}] * 2  # one context, counted once
+    stats = alignment_stats.set_stats(examples, source, target)
+    assert stats["contexts"] == 1 and stats["target_tokens"] == 4 and stats["source_tokens"] == 12
+    # "Ada", "met" and "Bob" each overlap three byte tokens, "." one; no gathered byte reads past its word
+    assert stats["several_sources_share"] == 0.75 and stats["one_to_one_share"] == 0.25
+    assert stats["reads_past_share"] == 0.0 and stats["unaligned_share"] == 0.0
+    assert (
+        stats["answers_stated"] == 2
+        and stats["answer_tokens"] == 2
+        and stats["answer_several_sources_share"] == 1.0
+    )
+    # the other way round the gathered source word covers characters after the first two bytes of each word
+    back = alignment_stats.set_stats(examples, target, source)
+    assert back["several_sources_share"] == 0.0 and back["reads_past_share"] == pytest.approx(6 / 12)
+
+    data = tmp_path / "qa.jsonl"
+    data.write_text(json.dumps(examples[0]) + "\n")
+    out = tmp_path / "stats.json"
+    assert alignment_stats.main(["--source", "tiny:llama", "--target", "tiny:qwen2", "--eval_file", str(data),
+                                 "--output", str(out)]) == 0  # fmt: skip
+    same = json.loads(out.read_text())["sets"][str(data)]
+    assert (
+        same["one_to_one_share"] == 1.0 and same["several_sources_share"] == 0.0
+    )  # one byte tokenizer both sides
+    assert "| 1 | 1.000 | 1.000 | 0.000 | 0.000 | 3 | 0.000 | 0.000 |" in capsys.readouterr().out  # "Bob": 3 bytes
+    with pytest.raises(SystemExit, match="no such file"):
+        alignment_stats.main(["--source", "tiny:llama", "--target", "tiny:llama", "--eval_file", "nope.jsonl"])
+    with pytest.raises(SystemExit, match="--limit: got 0"):
+        alignment_stats.main(["--source", "tiny:llama", "--target", "tiny:llama", "--eval_file", "narrative",
+                              "--limit", "0"])  # fmt: skip
