@@ -7,7 +7,8 @@ examples (floor = target_alone, oracle = target_text, text_to_text) may come fro
 of the same set and size: `--references SET=results.json` adds each step's floor-to-oracle gap closed and margin
 over text-to-text for that set.
 
-    python scripts/curve_table.py EVAL_DIR [--references narrative=results.json ...] [--output curve.json [--overwrite]]
+    python scripts/curve_table.py EVAL_DIR [--references narrative=results.json ...] [--sets narrative ...]
+        [--output curve.json [--overwrite]]
 """
 
 from __future__ import annotations
@@ -67,12 +68,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--references", nargs="*", default=[], help="SET=results.json of `kvproj evaluate`, same examples"
     )
+    ap.add_argument(
+        "--sets", nargs="+", default=None, help="the sets (file tags) to show, in this order (default: all)"
+    )
     add_output(ap, "the curve")
     args = ap.parse_args(argv)
     check_output(args)
     points = read_points(args.folder)
     refs = read_references(args.references, points)
-    tags = sorted(points)
+    tags = args.sets or sorted(points)
+    if unknown := [t for t in tags if t not in points]:
+        sys.exit(f"--sets: the curve has no set {unknown}; it has {sorted(points)}")
     steps = sorted({s for per in points.values() for s in per})
     header = ["step"]
     for tag in tags:

@@ -395,6 +395,10 @@ def test_curve_table_reads_callback_points_and_adds_gap_closed_from_references(t
         curve_table.main([str(folder), "--references", f"genres={refs}"])
     with pytest.raises(SystemExit, match="no set 'passages-test'"):
         curve_table.main([str(folder), "--references", f"passages-test={refs}"])
+    assert curve_table.main([str(folder), "--sets", "narrative"]) == 0
+    assert "genres" not in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="--sets: the curve has no set \\['lm'\\]"):
+        curve_table.main([str(folder), "--sets", "narrative", "lm"])
     with pytest.raises(SystemExit, match="no <set>-step<N>.json files"):
         curve_table.main([str(tmp_path)])
 
