@@ -18,6 +18,8 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
+from kvproj.atomic import atomic_write
+
 _PROGRESS = re.compile(
     r"step (?P<step>\d+)/(?P<total>\d+) \([^)]*\) \| train/loss (?P<loss>[-+0-9.eE]+|nan|inf)"
     r".*?(?:\| (?P<tps>[0-9,]+) tok/s )?\| (?P<sps>[0-9.]+) s/step \| elapsed (?P<elapsed>\d+:\d\d:\d\d)"
@@ -91,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--json: {args.json} exists; pass --overwrite to replace it")
     out = {"command": args.command, **read_logs(args.logs)}
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(out, indent=1) + "\n")
+    atomic_write(args.json, json.dumps(out, indent=1) + "\n")  # a killed run leaves no half file
     print(
         f"{out['steps']}: {out['s_per_step_min']} - {out['s_per_step_max']} s/step "
         f"(median {out['s_per_step_median']}), training {out['training_wall_clock']}",
