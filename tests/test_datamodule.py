@@ -105,8 +105,8 @@ def test_answer_follow_scores_what_follows_the_answer_in_the_context_in_training
         extra = tok(after, add_special_tokens=False).input_ids
         # the answer's own tokens are unchanged; what follows it in the text is scored after them
         assert [t for t in trained.labels if t != -100] == [t for t in plain.labels if t != -100] + extra
-        # evaluation scores the answer alone
-        assert dm.pair.codec(dm.answer_template, dm.max_context_tokens).encode(example).labels == plain.labels
+        # evaluation (FactsEvalCallback, as `kvproj evaluate`) scores the answer alone
+        assert dm.eval_codec.encode(example).labels == plain.labels
     lm = {"context": "The river", "question": "", "answer": " runs north."}
     assert dm.encode(lm).labels == _dm().encode(lm).labels
 

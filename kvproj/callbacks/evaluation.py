@@ -78,7 +78,7 @@ class FactsEvalCallback(L.Callback):
         was_training = module.training
         module.eval()
         try:
-            return FactsEvaluator(dm.pair, dm.codec, module.transfer, None, settings).run(examples)
+            return FactsEvaluator(dm.pair, dm.eval_codec, module.transfer, None, settings).run(examples)
         finally:
             module.train(was_training)
 

@@ -250,6 +250,9 @@ class KVPairDataModule(L.LightningDataModule):
             answer_end=answer_end,
             answer_follow=answer_follow,
         )
+        # what evaluation encodes with (FactsEvalCallback, as `kvproj evaluate`): the answer alone is scored, without
+        # the training-only answer_end / answer_follow tokens
+        self.eval_codec = pair.codec(answer_template=answer_template, max_context_tokens=max_context_tokens)
         self.consumed = 0  # training examples the model has consumed (exact resume)
         self._splits: dict[str, list[dict]] | None = None
         self._text_splits: dict[str, list[str]] | None = None
