@@ -24,43 +24,48 @@ from kvproj.eval.run import load_examples
 from kvproj.models import load_tokenizer
 
 
+def token_flags(a) -> tuple[list[bool], list[bool]]:
+    """Per target token of alignment `a`: does it overlap several source tokens; does its gathered source token
+    (`last_source_index`, what training and evaluation read) also cover characters after it."""
+    last = a.last_source_index()
+    several = [len(s) > 1 for s in a.target_to_source]
+    reads_past = [
+        end > start and j >= 0 and a.source_spans[j][1] > end for (start, end), j in zip(a.target_spans, last)
+    ]
+    return several, reads_past
+
+
 def set_stats(examples: list[dict], source_tokenizer, target_tokenizer) -> dict:
     """Alignment counts over the distinct contexts of `examples` and over each example's answer mention."""
-    alignments = {}
+    per_context = {}  # context -> (alignment, several, reads_past), each context aligned once
     for e in examples:
-        if e["context"] not in alignments:
-            alignments[e["context"]] = align(e["context"], source_tokenizer, target_tokenizer)
-    n = {"source": 0, "target": 0, "one_to_one": 0, "several": 0, "unaligned": 0, "reads_past": 0}
-    for a in alignments.values():
-        n["source"] += len(a.source_ids)
-        n["target"] += len(a.target_ids)
-        n["one_to_one"] += round(a.one_to_one_share * len(a.target_ids))
-        n["several"] += sum(1 for s in a.target_to_source if len(s) > 1)
-        n["unaligned"] += sum(
-            1 for (start, end), s in zip(a.target_spans, a.target_to_source) if end > start and not s
-        )
-        last = a.last_source_index()
-        n["reads_past"] += sum(
-            1
-            for (start, end), j in zip(a.target_spans, last)
-            if end > start and j >= 0 and a.source_spans[j][1] > end
-        )
+        if e["context"] not in per_context:
+            a = align(e["context"], source_tokenizer, target_tokenizer)
+            per_context[e["context"]] = (a, *token_flags(a))
+    n = {"source": 0, "target": 0, "one_to_one": 0.0, "unaligned": 0, "several": 0, "reads_past": 0}
+    for a, several, reads_past in per_context.values():
+        counts = a.stats()
+        n["source"] += counts["source_tokens"]
+        n["target"] += counts["target_tokens"]
+        n["one_to_one"] += counts["one_to_one_share"] * counts["target_tokens"]
+        n["unaligned"] += counts["unaligned_target"]
+        n["several"] += sum(several)
+        n["reads_past"] += sum(reads_past)
     answer = {"examples": 0, "tokens": 0, "several": 0, "reads_past": 0}
     for e in examples:
         found = mention(e["context"], str(e["answer"]))
         if found is None:
             continue
-        a = alignments[e["context"]]
-        last = a.last_source_index()
+        a, several, reads_past = per_context[e["context"]]
         answer["examples"] += 1
         for k, (start, end) in enumerate(a.target_spans):
             if end > start and start < found.end() and end > found.start():
                 answer["tokens"] += 1
-                answer["several"] += len(a.target_to_source[k]) > 1
-                answer["reads_past"] += last[k] >= 0 and a.source_spans[last[k]][1] > end
+                answer["several"] += several[k]
+                answer["reads_past"] += reads_past[k]
     t = max(n["target"], 1)
     return {
-        "contexts": len(alignments),
+        "contexts": len(per_context),
         "source_tokens": n["source"],
         "target_tokens": n["target"],
         "source_per_target": n["source"] / t,
