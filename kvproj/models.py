@@ -257,13 +257,9 @@ def load_tokenizer(name: str):
     (`scripts/alignment_stats.py`). A zoo name installs its model on first use, as `load_model` does."""
     if name.startswith(TINY_PREFIX):
         return byte_tokenizer()
-    from transformers import AutoTokenizer
-
     path, gguf_file, _ = _locate(name)
     try:
-        return AutoTokenizer.from_pretrained(
-            path, trust_remote_code=False, **({"gguf_file": gguf_file} if gguf_file else {})
-        )
+        return _auto_tokenizer(path, gguf_file)
     except OSError as err:
         raise ModelNotFoundError(
             f"model name {name!r}: its tokenizer could not be loaded (not a zoo name, local folder or .gguf file, "
@@ -290,8 +286,17 @@ def _locate(name: str) -> tuple[str, str | None, str]:
     return name, None, "hub"
 
 
+def _auto_tokenizer(path: str, gguf_file: str | None):
+    from transformers import AutoTokenizer
+
+    # never run code shipped with a model: a projector folder or config can name any hub id or folder
+    return AutoTokenizer.from_pretrained(
+        path, trust_remote_code=False, **({"gguf_file": gguf_file} if gguf_file else {})
+    )
+
+
 def _from_pretrained(spec: ModelSpec, path: str, gguf_file: str | None, dtype, device):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     # never run code shipped with a model: a projector folder or config can name any hub id or folder
     kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": False}
@@ -308,9 +313,7 @@ def _from_pretrained(spec: ModelSpec, path: str, gguf_file: str | None, dtype, d
             )
         kwargs["device_map"] = {"": device.index or 0} if device.type == "cuda" else {"": "cpu"}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(
-            path, trust_remote_code=False, **({"gguf_file": gguf_file} if gguf_file else {})
-        )
+        tokenizer = _auto_tokenizer(path, gguf_file)
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as err:
         from kvproj import zoo
